@@ -1,0 +1,146 @@
+r"""Escape times from the Kramers well: exact (quadrature) and asymptotic formulas.
+
+All times in units of t = k * lr. The SGD-like SDE is dw = -L'(w) dt + sqrt(lr C(w)/b) dB, so
+in 1-D its diffusion is D(w) = lr C(w) / (2 b). Noise families (THEORY.md section 2), in the
+well of ``sgdyn.theory.wells`` (L(a) = 0 at the minimum a = 0):
+
+    "langevin":  C = sigma2                          (temperature T = lr sigma2 / (2b))
+    "hessian":   C = sigma2 * h_min                   (curvature at the minimum)
+    "pld_loss":  C = sigma_g + (2 sigma_H / h_min) max(L(w) - L(a), 0)
+                 (the excess loss is clipped at 0 so that C >= sigma_g stays positive past the
+                 saddle, where L drops below L(a); the two agree on the whole well and saddle)
+    "pld_local": C = sigma_g + sigma_H w^2
+
+Asymptotic formulas (THEORY.md section 4):
+
+    Kramers:  tau = 2 pi / sqrt(h_min h_saddle) * exp(barrier / T)
+    PLD:      tau = 2 pi sqrt(b / (lr sigma_H h_saddle)) Gamma(kappa - 1/2)/Gamma(kappa)
+                    * (1 + q)^(kappa - 1/2),
+              kappa = 1 + b h_min/(lr sigma_H),  q = 2 sigma_H barrier / (h_min sigma_g)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import _checks
+from .mfpt import log_mean_exit_time
+from .stationary import langevin_temperature, pld_kappa, warn_if
+from .wells import kramers_geometry, kramers_grad, kramers_loss
+
+NOISES = ("langevin", "hessian", "pld_loss", "pld_local")
+
+
+def noise_covariance(noise, *, h_min, h_saddle, barrier, sigma2=None, sigma_g=None, sigma_h=None):
+    """C(w) of a noise family in the Kramers well, as a numpy-vectorised function."""
+    _checks.choice("noise", noise, NOISES)
+    if noise in ("langevin", "hessian"):
+        if sigma2 is None:
+            raise ValueError(f"sigma2 is required for noise={noise!r}")
+        _checks.positive("sigma2", sigma2)
+        level = sigma2 * (h_min if noise == "hessian" else 1.0)
+        return lambda w: level + 0.0 * np.asarray(w, float)
+    if sigma_g is None or sigma_h is None:
+        raise ValueError(f"sigma_g and sigma_h are required for noise={noise!r}")
+    _checks.positive("sigma_g", sigma_g)
+    _checks.positive("sigma_h", sigma_h)
+    if noise == "pld_loss":
+        return lambda w: sigma_g + 2 * sigma_h / h_min * np.maximum(
+            kramers_loss(w, h_min, h_saddle, barrier), 0.0)
+    return lambda w: sigma_g + sigma_h * np.asarray(w, float) ** 2
+
+
+def kramers_escape_point(h_min, h_saddle, barrier, *, lr, batch_size, n_lengths=4.0, **noise):
+    """The saddle plus ``n_lengths`` diffusion lengths sqrt(D(saddle)/h_saddle).
+
+    Reaching it means the particle has left for good (from there it returns with probability
+    about 1 - Phi(n_lengths)); the mean time to reach it is the Kramers escape time.
+    """
+    g = kramers_geometry(h_min, h_saddle, barrier)
+    _checks.positive("lr", lr)
+    _checks.positive("batch_size", batch_size)
+    _checks.nonnegative("n_lengths", n_lengths)
+    cov = noise_covariance(h_min=h_min, h_saddle=h_saddle, barrier=barrier, **noise)
+    d_saddle = lr * float(cov(g.saddle)) / (2 * batch_size)
+    return g.saddle + n_lengths * math.sqrt(d_saddle / h_saddle)
+
+
+def kramers_exit_time(
+    h_min, h_saddle, barrier, *, lr, batch_size, noise, x0=0.0, to="beyond", n_lengths=4.0,
+    log=False, **noise_params,
+):
+    """Exact mean time (t = k lr) from x0 to the saddle (``to="saddle"``) or past it.
+
+    ``noise`` is one of NOISES with its parameters (sigma2, or sigma_g and sigma_h).
+    ``log=True`` returns log T (for times beyond the float64 range).
+    """
+    _checks.choice("to", to, ("beyond", "saddle"))
+    g = kramers_geometry(h_min, h_saddle, barrier)
+    _checks.positive("lr", lr)
+    _checks.positive("batch_size", batch_size)
+    cov = noise_covariance(noise, h_min=h_min, h_saddle=h_saddle, barrier=barrier, **noise_params)
+    if to == "saddle":
+        right = g.saddle
+    else:
+        right = kramers_escape_point(h_min, h_saddle, barrier, lr=lr, batch_size=batch_size,
+                                     n_lengths=n_lengths, noise=noise, **noise_params)
+    _checks.finite("x0", x0)
+    if not x0 < right:
+        raise ValueError(f"x0 must lie left of the exit point {right:.6g}, got {x0!r}")
+    log_t = log_mean_exit_time(
+        lambda w: -kramers_grad(w, h_min, h_saddle, barrier),
+        lambda w: lr * cov(w) / (2 * batch_size),
+        x0, right,
+        # kinks: the curvature jump at c, and where the clipped excess loss of "pld_loss" hits 0
+        breakpoints=[g.c, g.saddle, g.saddle + math.sqrt(2 * barrier / h_saddle)],
+    )
+    return log_t if log else _exp_or_raise(log_t)
+
+
+def _exp_or_raise(log_t):
+    if log_t > 709.0:
+        raise OverflowError(f"escape time exp({log_t:.1f}) overflows float64; pass log=True")
+    return math.exp(log_t)
+
+
+def kramers_time(h_min, h_saddle, barrier, temperature):
+    """Kramers' escape time 2 pi / sqrt(h_min h_saddle) exp(barrier/T) (t = k lr units).
+
+    Asymptotic in barrier/T -> inf; warns below barrier/T = 5, where it is off by > 5%.
+    """
+    for name, v in (("h_min", h_min), ("h_saddle", h_saddle), ("barrier", barrier),
+                    ("temperature", temperature)):
+        _checks.positive(name, v)
+    warn_if(barrier / temperature < 5,
+            f"Kramers formula used at barrier/T = {barrier / temperature:.3g} < 5, "
+            "outside its accuracy range; use kramers_exit_time for the exact value")
+    return 2 * math.pi / math.sqrt(h_min * h_saddle) * math.exp(barrier / temperature)
+
+
+def langevin_escape_time(h_min, h_saddle, barrier, *, lr, batch_size, sigma2):
+    """Kramers' formula with T = lr sigma2/(2b)."""
+    return kramers_time(h_min, h_saddle, barrier, langevin_temperature(lr, batch_size, sigma2))
+
+
+def pld_escape_time(h_min, h_saddle, barrier, *, lr, batch_size, sigma_g, sigma_h, log=False):
+    """Asymptotic escape time of the loss-form PLD (Laplace's method; t = k lr units).
+
+    Accurate to about 1% at kappa = 40 and 10% at kappa = 5 (slightly above the exact value);
+    warns below kappa = 5. ``log=True`` returns log tau.
+    """
+    for name, v in (("h_min", h_min), ("h_saddle", h_saddle), ("barrier", barrier),
+                    ("sigma_g", sigma_g)):
+        _checks.positive(name, v)
+    kappa = pld_kappa(h_min, lr, batch_size, sigma_h)
+    warn_if(kappa < 5, f"PLD escape formula used at kappa = {kappa:.3g} < 5, outside its "
+                       "accuracy range; use kramers_exit_time for the exact value")
+    q = 2 * sigma_h * barrier / (h_min * sigma_g)
+    log_tau = (
+        math.log(2 * math.pi)
+        + 0.5 * math.log(batch_size / (lr * sigma_h * h_saddle))
+        + math.lgamma(kappa - 0.5) - math.lgamma(kappa)
+        + (kappa - 0.5) * math.log1p(q)
+    )
+    return log_tau if log else _exp_or_raise(log_tau)

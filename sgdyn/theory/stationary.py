@@ -1,0 +1,118 @@
+r"""Stationary distributions of Langevin dynamics and of the power-law dynamic (PLD).
+
+Time is t = k * lr throughout, so an SGD-like dynamic with learning rate lr, batch size b and
+per-example gradient covariance C has diffusion D = lr * C / (2 b) (THEORY.md section 1).
+
+PLD in a quadratic basin, drift -h x, C(x) = sigma_g + sigma_H x^2 (THEORY.md section 3):
+
+    p(x) ∝ (1 + (sigma_H/sigma_g) x^2)^(-kappa),   kappa = 1 + b h / (lr sigma_H)
+
+a Student-t with nu = 2 kappa - 1 degrees of freedom and scale s, s^2 = sigma_g/(sigma_H nu);
+P(|X| > x) ~ x^(-nu). In d dimensions the density is normalisable only if 2 kappa > d.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from scipy import integrate, stats
+
+from .. import _checks
+
+
+def langevin_temperature(lr, batch_size, sigma2):
+    """T = lr sigma^2 / (2 b): Gibbs density exp(-L/T) of dw = -L' dt + sqrt(lr sigma^2/b) dB."""
+    _checks.positive("lr", lr)
+    _checks.positive("batch_size", batch_size)
+    _checks.positive("sigma2", sigma2)
+    return lr * sigma2 / (2 * batch_size)
+
+
+def pld_kappa(h, lr, batch_size, sigma_h):
+    """kappa = 1 + b h / (lr sigma_H) (dimensionless)."""
+    _checks.positive("h", h)
+    _checks.positive("lr", lr)
+    _checks.positive("batch_size", batch_size)
+    _checks.positive("sigma_h", sigma_h)
+    return 1 + batch_size * h / (lr * sigma_h)
+
+
+def pld_tail_index(h, lr, batch_size, sigma_h):
+    """nu = 2 kappa - 1 = 1 + 2 b h/(lr sigma_H): P(|X| > x) ~ x^(-nu) in 1-D."""
+    return 2 * pld_kappa(h, lr, batch_size, sigma_h) - 1
+
+
+def pld_student_t(h, lr, batch_size, sigma_g, sigma_h):
+    """The 1-D PLD stationary law as a frozen ``scipy.stats.t`` (df = nu, scale = s)."""
+    _checks.positive("sigma_g", sigma_g)
+    nu = pld_tail_index(h, lr, batch_size, sigma_h)
+    return stats.t(df=nu, scale=math.sqrt(sigma_g / (sigma_h * nu)))
+
+
+def pld_stationary_density(x, h, lr, batch_size, sigma_g, sigma_h):
+    """Normalised p(x) ∝ (1 + (sigma_H/sigma_g) x^2)^(-kappa), x measured from the minimum."""
+    _checks.finite("x", x)
+    kappa = pld_kappa(h, lr, batch_size, sigma_h)
+    _checks.positive("sigma_g", sigma_g)
+    ratio = sigma_h / sigma_g
+    # normaliser of (1 + ratio x^2)^(-kappa): sqrt(pi/ratio) Gamma(kappa - 1/2) / Gamma(kappa)
+    log_z = 0.5 * math.log(math.pi / ratio) + math.lgamma(kappa - 0.5) - math.lgamma(kappa)
+    x = np.asarray(x, float)
+    return np.exp(-kappa * np.log1p(ratio * x**2) - log_z)
+
+
+def pld_is_normalizable(kappa, dim):
+    """True iff the d-dimensional isotropic PLD density is normalisable: 2 kappa > d."""
+    _checks.positive("kappa", kappa)
+    _checks.positive_int("dim", dim)
+    return 2 * kappa > dim
+
+
+def pld_max_lr(h, batch_size, sigma_h, dim):
+    """Largest lr with a normalisable d-D PLD density: lr < 2 b h / (sigma_H (d - 2)).
+
+    Returns inf for d <= 2 (normalisable at every lr).
+    """
+    _checks.positive("h", h)
+    _checks.positive("batch_size", batch_size)
+    _checks.positive("sigma_h", sigma_h)
+    _checks.positive_int("dim", dim)
+    return math.inf if dim <= 2 else 2 * batch_size * h / (sigma_h * (dim - 2))
+
+
+def check_pld_normalizable(kappa, dim):
+    """Raise ValueError when the d-D PLD has no stationary density (kappa <= d/2)."""
+    if not pld_is_normalizable(kappa, dim):
+        raise ValueError(
+            f"the PLD stationary density is not normalisable: kappa = {kappa:.4g} <= d/2 = "
+            f"{dim / 2}; lower lr or raise batch_size"
+        )
+
+
+def gibbs_density(loss, temperature, *, support=(-np.inf, np.inf), points=None):
+    """Normalised Gibbs density x -> exp(-L(x)/T)/Z in 1-D (Z by adaptive quadrature).
+
+    ``loss`` is vectorised over numpy arrays; returns a callable density.
+    """
+    _checks.positive("temperature", temperature)
+    lo, hi = support
+    if not lo < hi:
+        raise ValueError(f"support must satisfy low < high, got {support}")
+    shift = float(np.min(loss(np.linspace(max(lo, -50), min(hi, 50), 20001))))
+    z, _ = integrate.quad(lambda x: math.exp(-(loss(x) - shift) / temperature), lo, hi,
+                          points=points, limit=500, epsabs=0, epsrel=1e-11)
+    if not (z > 0 and math.isfinite(z)):
+        raise ValueError("exp(-L/T) is not integrable on the given support")
+
+    def density(x):
+        x = np.asarray(x, float)
+        return np.exp(-(loss(x) - shift) / temperature) / z
+
+    return density
+
+
+def warn_if(condition: bool, message: str) -> None:
+    if condition:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)

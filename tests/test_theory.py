@@ -1,0 +1,227 @@
+"""sgdyn.theory against independent references: closed forms, series, scipy."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from sgdyn import theory as th
+
+
+def ou_exit_series(theta, sigma, r):
+    """Mean exit time of dX = -theta X dt + sigma dB from (-r, r) started at 0, by series.
+
+    T = (2/theta) sum_n 2^n R^(2n+2) / ((2n+1)!! (2n+2)),  R^2 = theta r^2 / sigma^2,
+    from the Taylor series of exp(x^2) erf(x) integrated term by term.
+    """
+    r2 = theta * r * r / sigma**2
+    total, odd_factorial, n = 0.0, 1.0, 0
+    while True:
+        odd_factorial *= 2 * n + 1
+        term = 2.0**n * r2 ** (n + 1) / (odd_factorial * (2 * n + 2))
+        total += term
+        if n > 5 and term < 1e-18 * total:
+            return 2 / theta * total
+        n += 1
+
+
+@pytest.mark.parametrize("sigma,r", [(1.0, 1.0), (1.3, 0.7), (0.2, 5.0)])
+def test_brownian_exit_from_symmetric_interval(sigma, r):
+    t = th.mean_exit_time(lambda x: 0 * x, lambda x: sigma**2 / 2 + 0 * x, 0.0, r, left=0.0)
+    assert t == pytest.approx(r**2 / sigma**2, rel=1e-10)
+
+
+@pytest.mark.parametrize("x0", [0.0, 0.3, -0.6])
+def test_brownian_exit_from_any_start(x0):
+    # on (-1, 1): T(x0) = (1 - x0^2)/sigma^2; use the symmetric image |x0| with left = 0
+    t = th.mean_exit_time(lambda x: 0 * x, lambda x: 0.5 + 0 * x, abs(x0), 1.0, left=0.0)
+    assert t == pytest.approx(1 - x0**2, rel=1e-10)
+
+
+@pytest.mark.parametrize("theta,sigma,r", [(1.0, 1.0, 1.0), (2.0, 0.8, 2.0), (3.0, 0.5, 1.5)])
+def test_ornstein_uhlenbeck_exit_matches_series(theta, sigma, r):
+    t = th.mean_exit_time(lambda x: -theta * x, lambda x: sigma**2 / 2 + 0 * x, 0.0, r, 0.0)
+    assert t == pytest.approx(ou_exit_series(theta, sigma, r), rel=1e-6)
+
+
+def test_ornstein_uhlenbeck_from_off_centre_start_matches_bvp():
+    """T'' D + mu T' = -1, T'(0) = 0, T(r) = 0 solved by scipy's collocation BVP solver."""
+    theta, sigma, r, x0 = 1.5, 1.0, 1.2, 0.5
+    d = sigma**2 / 2
+
+    def rhs(x, y):  # y = (T, T')
+        return np.vstack([y[1], (-1 + theta * x * y[1]) / d])
+
+    x = np.linspace(0, r, 401)
+    sol = integrate.solve_bvp(rhs, lambda ya, yb: np.array([ya[1], yb[0]]), x,
+                              np.zeros((2, x.size)), tol=1e-10, max_nodes=200000)
+    assert sol.success
+    t = th.mean_exit_time(lambda x: -theta * x, lambda x: d + 0 * x, x0, r, 0.0)
+    assert t == pytest.approx(float(sol.sol(x0)[0]), rel=1e-6)
+
+
+def test_left_at_minus_infinity_halves_the_rate_for_a_high_barrier():
+    # one absorbing side instead of two: about twice the symmetric exit time
+    sym = th.mean_exit_time(lambda x: -2 * x, lambda x: 0.32 + 0 * x, 0.0, 2.0, 0.0)
+    one = th.mean_exit_time(lambda x: -2 * x, lambda x: 0.32 + 0 * x, 0.0, 2.0)
+    assert one / sym == pytest.approx(2.0, rel=1e-3)
+
+
+@pytest.mark.parametrize("ratio", [15, 25, 40, 60])
+def test_kramers_formula_within_one_percent_beyond_the_saddle(ratio):
+    h_min, h_saddle, barrier, lr, b = 2.0, 1.0, 1.0, 0.1, 1
+    temperature = barrier / ratio
+    sigma2 = 2 * b * temperature / lr
+    exact = th.kramers_exit_time(h_min, h_saddle, barrier, lr=lr, batch_size=b,
+                                 noise="langevin", sigma2=sigma2)
+    formula = th.langevin_escape_time(h_min, h_saddle, barrier, lr=lr, batch_size=b, sigma2=sigma2)
+    assert math.isfinite(exact) and exact > 0
+    assert exact == pytest.approx(formula, rel=0.01)
+    to_saddle = th.kramers_exit_time(h_min, h_saddle, barrier, lr=lr, batch_size=b,
+                                     noise="langevin", sigma2=sigma2, to="saddle")
+    assert to_saddle / exact == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize("kappa,tol", [(5, 0.10), (6, 0.10), (11, 0.10), (40, 0.02), (41, 0.02),
+                                       (200, 0.02), (1000, 0.02)])
+def test_pld_formula_accuracy_against_exact(kappa, tol):
+    h, lr, b, barrier = 1.0, 0.1, 1, 0.5
+    sigma_h = b * h / (lr * (kappa - 1))
+    args = dict(lr=lr, batch_size=b, sigma_g=h, sigma_h=sigma_h)
+    exact = th.kramers_exit_time(h, h, barrier, noise="pld_loss", log=True, **args)
+    formula = th.pld_escape_time(h, h, barrier, log=True, **args)
+    rel = math.exp(formula - exact) - 1
+    assert 0 <= rel < tol  # the formula sits slightly above the exact value
+
+
+def test_exact_time_survives_psi_spanning_600_orders_of_magnitude():
+    # kappa = 1000, q = 3: T ~ 4^999.5 ~ 1e602; only the log is representable
+    h, lr, b, barrier, kappa, q = 2.0, 0.1, 1, 1.0, 1000, 3.0
+    sigma_h = b * h / (lr * (kappa - 1))
+    sigma_g = 2 * sigma_h * barrier / (h * q)
+    args = dict(lr=lr, batch_size=b, sigma_g=sigma_g, sigma_h=sigma_h)
+    log_t = th.kramers_exit_time(h, h, barrier, noise="pld_loss", log=True, **args)
+    assert log_t / math.log(10) == pytest.approx(602.26, abs=0.01)
+    assert log_t == pytest.approx(th.pld_escape_time(h, h, barrier, log=True, **args), abs=0.02)
+    with pytest.raises(OverflowError, match="log"):
+        th.kramers_exit_time(h, h, barrier, noise="pld_loss", **args)
+
+
+@pytest.mark.parametrize("kappa", [1.5, 2.0, 3.0])
+def test_heavy_tailed_pld_exit_time_is_finite_and_positive(kappa):
+    h, lr, b = 1.0, 0.1, 1
+    sigma_h = b * h / (lr * (kappa - 1))
+    t = th.kramers_exit_time(h, h, 0.5, lr=lr, batch_size=b, noise="pld_local", sigma_g=1.0,
+                             sigma_h=sigma_h)
+    assert math.isfinite(t) and t > 0
+
+
+def test_theory_md_sharp_versus_flat_table():
+    expected = {0.49: (2.5e7, 2.8e5), 1.0: (8.7e3, 1.4e5), 1.96: (1.5e2, 7.1e4)}
+    for h, (pld, lang) in expected.items():
+        p = th.kramers_exit_time(h, h, 0.5, lr=0.1, batch_size=1, noise="pld_loss",
+                                 sigma_g=h, sigma_h=h * h)
+        g = th.kramers_exit_time(h, h, 0.5, lr=0.1, batch_size=1, noise="langevin", sigma2=1.0)
+        assert p == pytest.approx(pld, rel=0.05) and g == pytest.approx(lang, rel=0.05)
+
+
+def test_pld_sigma_h_to_zero_tends_to_kramers():
+    h, barrier, lr, b, sigma_g = 2.0, 1.0, 0.1, 1, 2.0  # T = 0.1, barrier/T = 10
+    kr = th.langevin_escape_time(h, h, barrier, lr=lr, batch_size=b, sigma2=sigma_g)
+    pld = th.pld_escape_time(h, h, barrier, lr=lr, batch_size=b, sigma_g=sigma_g, sigma_h=1e-7)
+    assert pld == pytest.approx(kr, rel=1e-4)
+
+
+def test_mori_et_al_special_case_exponent():
+    """Noise proportional to the loss (C = 2 L h / b): tau ∝ (L(saddle)/L(a))^(1/2 + b/(lr h))."""
+    h, lr, b, barrier = 1.0, 0.05, 1, 1.0
+
+    def tau(loss_at_min):
+        return th.pld_escape_time(h, h, barrier, lr=lr, batch_size=b,
+                                  sigma_g=2 * h * loss_at_min, sigma_h=h**2, log=True)
+
+    l1, l2 = 0.1, 0.2
+    ratio1, ratio2 = (l1 + barrier) / l1, (l2 + barrier) / l2
+    slope = (tau(l1) - tau(l2)) / (math.log(ratio1) - math.log(ratio2))
+    assert slope == pytest.approx(0.5 + b / (lr * h), rel=1e-12)
+
+
+def test_pld_density_is_the_student_t_it_claims_and_integrates_to_one():
+    h, lr, b, sg, sh = 1.0, 0.1, 2, 0.5, 3.0
+    total, _ = integrate.quad(lambda x: th.pld_stationary_density(x, h, lr, b, sg, sh),
+                              -np.inf, np.inf, epsabs=0, epsrel=1e-12)
+    assert total == pytest.approx(1.0, rel=1e-9)
+    x = np.linspace(-20, 20, 101)
+    t = th.pld_student_t(h, lr, b, sg, sh)
+    assert np.allclose(th.pld_stationary_density(x, h, lr, b, sg, sh), t.pdf(x), rtol=1e-12)
+    kappa = th.pld_kappa(h, lr, b, sh)
+    assert t.kwds["df"] == pytest.approx(2 * kappa - 1)
+    assert th.pld_tail_index(h, lr, b, sh) == pytest.approx(1 + 2 * b * h / (lr * sh))
+
+
+def test_gibbs_density_normalised():
+    loss = lambda x: 0.25 * np.asarray(x) ** 4 - np.asarray(x) ** 2  # noqa: E731
+    p = th.gibbs_density(loss, 0.3)
+    total, _ = integrate.quad(p, -np.inf, np.inf, epsrel=1e-10)
+    assert total == pytest.approx(1.0, rel=1e-8)
+    # for a quadratic loss it is the Gaussian of variance T/h
+    g = th.gibbs_density(lambda x: 1.5 * np.asarray(x) ** 2, 0.2)
+    assert g(0.3) == pytest.approx(stats.norm(scale=math.sqrt(0.2 / 3.0)).pdf(0.3), rel=1e-8)
+
+
+def test_ergodicity_condition():
+    h, b, sh = 1.0, 1, 2.0
+    lr_max = th.pld_max_lr(h, b, sh, dim=10)
+    assert lr_max == pytest.approx(2 * b * h / (sh * 8))
+    assert th.pld_is_normalizable(th.pld_kappa(h, 0.99 * lr_max, b, sh), 10)
+    assert not th.pld_is_normalizable(th.pld_kappa(h, 1.01 * lr_max, b, sh), 10)
+    assert th.pld_max_lr(h, b, sh, dim=2) == math.inf
+    with pytest.raises(ValueError, match="not normalisable"):
+        th.check_pld_normalizable(th.pld_kappa(h, 2 * lr_max, b, sh), 10)
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(h_min=-1.0), "h_min"),
+        (dict(h_saddle=0.0), "h_saddle"),
+        (dict(barrier=-0.5), "barrier"),
+        (dict(lr=0.0), "lr"),
+        (dict(batch_size=-1), "batch_size"),
+        (dict(barrier=float("nan")), "barrier"),
+        (dict(sigma2=float("inf")), "sigma2"),
+        (dict(noise="brownian"), "noise"),
+        (dict(x0=10.0), "x0"),
+    ],
+)
+def test_bad_arguments_raise_naming_the_argument(kwargs, name):
+    args = dict(h_min=1.0, h_saddle=1.0, barrier=1.0, lr=0.1, batch_size=1, noise="langevin",
+                sigma2=1.0)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=name):
+        th.kramers_exit_time(**args)
+
+
+def test_start_outside_interval_and_bad_boundaries():
+    with pytest.raises(ValueError, match="x0"):
+        th.mean_exit_time(lambda x: 0 * x, lambda x: 1 + 0 * x, 2.0, 1.0, 0.0)
+    with pytest.raises(ValueError, match="x0"):
+        th.mean_exit_time(lambda x: 0 * x, lambda x: 1 + 0 * x, float("nan"), 1.0, 0.0)
+    with pytest.raises(ValueError, match="left"):
+        th.mean_exit_time(lambda x: 0 * x, lambda x: 1 + 0 * x, 0.0, 1.0, float("nan"))
+    with pytest.raises(FloatingPointError):  # negative diffusion is caught, not returned as NaN
+        th.mean_exit_time(lambda x: 0 * x, lambda x: -1 + 0 * x, 0.0, 1.0, 0.0)
+    with pytest.raises(ValueError, match="not integrable"):  # not confined on the left
+        th.mean_exit_time(lambda x: 0 * x, lambda x: 1 + 0 * x, 0.0, 1.0)
+
+
+def test_asymptotic_formulas_warn_outside_their_range():
+    with pytest.warns(RuntimeWarning, match="kappa"):
+        th.pld_escape_time(1, 1, 0.5, lr=0.1, batch_size=1, sigma_g=1, sigma_h=5.0)
+    with pytest.warns(RuntimeWarning, match="barrier/T"):
+        th.kramers_time(1, 1, 0.5, 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        th.kramers_time(1, 1, 1.0, 0.05)
