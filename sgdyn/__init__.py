@@ -1,3 +1,30 @@
-"""sgdyn: simulate how SGD, Langevin dynamics and the power-law dynamic move on loss landscapes."""
+"""sgdyn: simulate how SGD, Langevin dynamics and the power-law dynamic move on loss landscapes.
+
+Flat public API. The pieces, each in its own module:
+
+- landscapes (``Quadratic``, ``KramersWell``, ``DoubleWell``, ``StyblinskiTang``,
+  ``Reparametrized``) and finite-sum problems (``SyntheticPLD``, ``LeastSquares``);
+- noise models (``Isotropic``, ``HessianNoise``, ``PLDLocal``, ``PLDLoss``) and the ``SDE``;
+- dynamics: ``EulerMaruyama`` (any SDE, Gaussian or weak increments) and ``MinibatchSGD``;
+- exit regions (``Threshold``, ``Halfspace``, ``Ball``, ``Interval``) with boundary corrections;
+- the engine (``simulate_exits``, ``simulate_samples``) and the one-call
+  ``measure_exit_times`` / ``sweep_exit_times``;
+- estimators (``exit_time_estimate``, ``kaplan_meier``) and exact theory (``sgdyn.theory``).
+
+Time is t = k * lr throughout.
+"""
+
+from . import theory
+from .ensemble import ExitRecord, SampleRecord, simulate_exits, simulate_samples
+from .estimators import ExitEstimate, exit_time_estimate, kaplan_meier
+from .landscapes import DoubleWell, KramersWell, Quadratic, Reparametrized, StyblinskiTang
+from .measure import ExitResult, measure_exit_times, stack, sweep_exit_times
+from .noise import HessianNoise, Isotropic, PLDLocal, PLDLoss
+from .problems import (LeastSquares, SyntheticPLD, gradient_noise_covariance,
+                       pld_parameters)
+from .regions import Ball, Halfspace, Interval, Threshold
+from .sde import SDE
+from .sgd import MinibatchSGD
+from .solvers import EulerMaruyama
 
 __version__ = "0.1.0"

@@ -50,7 +50,8 @@ def _validated(x_train, y_train, x_test, y_test, name, num_classes=None) -> Data
     for key, value in (("y_train", y_train), ("y_test", y_test)):
         arr = np.asarray(value)
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer) or arr.min(initial=0) < 0:
-            raise ValueError(f"{key} must be a 1-D array of integer labels >= 0, got {arr.dtype} {arr.shape}")
+            raise ValueError(f"{key} must be a 1-D array of integer labels >= 0, "
+                             f"got {arr.dtype} {arr.shape}")
         arrays[key] = arr.astype(np.int32)
     for split in ("train", "test"):
         if arrays[f"x_{split}"].shape[0] != arrays[f"y_{split}"].shape[0]:
@@ -86,7 +87,8 @@ def mnist1d(num_samples: int = 5000, *, seed: int = 42, train_split: float = 0.8
         np.random.set_state(np_state)
         random.setstate(py_state)
     if len(d["y"]) == 0 or len(d["y_test"]) == 0:
-        raise ValueError(f"train_split={train_split} leaves an empty split for {num_samples} samples")
+        raise ValueError(f"train_split={train_split} leaves an empty split "
+                         f"for {num_samples} samples")
     return _validated(d["x"], d["y"], d["x_test"], d["y_test"], "mnist1d", num_classes=10)
 
 

@@ -1,0 +1,45 @@
+"""Shared plumbing for the experiment scripts: clean errors, timing, progress lines."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def run_main(main, argv=None) -> int:
+    """Run ``main(argv)``; a bad argument prints one line to stderr and exits with status 2."""
+    try:
+        main(argv)
+    except (ValueError, TypeError, OverflowError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished results are on disk; re-run the same command to resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+class Progress:
+    """Per-stage progress lines with elapsed time, on stderr (quiet=True silences them)."""
+
+    def __init__(self, total: int, label: str, quiet: bool = False):
+        self.total, self.label, self.quiet = total, label, quiet
+        self.done, self.start = 0, time.time()
+
+    def step(self, what: str = "") -> None:
+        self.done += 1
+        if not self.quiet:
+            el = time.time() - self.start
+            print(f"[{self.label}] {self.done}/{self.total} {what} ({el:.1f}s)", file=sys.stderr,
+                  flush=True)
+
+
+import argparse  # noqa: E402
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage dump) and exits with status 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")

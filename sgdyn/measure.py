@@ -1,0 +1,200 @@
+r"""One call from a dynamic to an exit-time measurement: validate, compile once, run, estimate.
+
+``measure_exit_times`` checks every argument before anything is traced, runs the jitted engine
+(in chunks of particles if asked: results are identical either way, since each particle owns
+its random stream), and returns the per-particle record with a censoring-aware estimate.
+
+Escape times are roughly exponential, so the last of N particles leaves about ln N mean times
+after the start; stepping all N until then wastes most of the work on finished particles. The
+driver therefore runs in segments and, whenever at most a quarter of the particles are still
+running, *compacts*: it keeps only the running ones (padded to a multiple of 256) and goes on.
+Particles keep their stream index, so compaction changes no result, only the cost (about
+N * mean instead of N * mean * ln N particle-steps), at the price of one compilation per
+array size (sizes fall by 4 each time, down to ``min_bucket``). ``sweep_exit_times`` does the same for a stack of dynamics (e.g. eight
+sharpness values) in one compiled call.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _checks
+from .ensemble import (RUNNING, ExitRecord, _spec_with_uniform, _Walk, advance_exits,
+                       exit_record, init_walk, simulate_exits)
+from .checkpoint import Checkpoint, fingerprint
+from .estimators import ExitEstimate, exit_time_estimate
+from .regions import CORRECTIONS, check_start
+from .rng import plan
+
+_STATIC = ("n_particles", "correction", "ticks_per_block")
+
+
+class ExitResult(NamedTuple):
+    record: ExitRecord  # numpy arrays
+    estimate: ExitEstimate
+
+
+def _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size):
+    n_particles = _checks.positive_int("n_particles", n_particles)
+    _checks.positive("t_max", t_max)
+    if correction not in CORRECTIONS:
+        raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
+    if correction is not None and not hasattr(dynamic, "std_along"):
+        raise ValueError(f"correction={correction!r} needs an SDE dynamic (Euler-Maruyama); "
+                         f"{type(dynamic).__name__} has no noise level to correct with")
+    _checks.finite("x0", x0)
+    x0 = np.atleast_1d(np.asarray(x0, float))
+    if x0.shape != (dynamic.dim,):
+        raise ValueError(f"x0 must have shape ({dynamic.dim},), got {x0.shape}")
+    dt = np.asarray(dynamic.dt)
+    if np.any(np.asarray(t_max) / dt >= 2**31 - 1):
+        raise ValueError(f"t_max / dt must be < 2^31 steps, got t_max={t_max}, dt={dt}")
+    if chunk_size is not None:
+        _checks.positive_int("chunk_size", chunk_size)
+    return n_particles, x0
+
+
+_ADV_STATIC = ("correction", "ticks_per_block")
+_advance = jax.jit(advance_exits, static_argnames=_ADV_STATIC)
+_record = jax.jit(exit_record)
+PAD = 3  # status of padding slots after compaction (neither running nor recorded)
+
+
+def _run_compacting(key, dynamic, region, x0, ids, t_max, correction, ticks_per_block,
+                    min_bucket):
+    """Exit records for particles ``ids``, compacting the running ones as they thin out."""
+    n = ids.shape[0]
+    walk = init_walk(dynamic, jnp.asarray(x0), n)
+    slot = np.arange(n)  # which output row each array slot holds (-1: padding)
+    status = np.zeros(n, np.int8)
+    exit_step = np.zeros(n, np.int64)
+    ids = jnp.asarray(ids)
+    spec_steps = plan(_spec_with_uniform(dynamic.noise_spec, correction == "bridge"))[0]
+    max_steps = int(np.ceil(float(t_max) / float(dynamic.dt) - 1e-9))
+    seg_ticks = 64
+    while True:
+        walk = _advance(key, dynamic, region, walk, ids, t_max, seg_ticks, correction=correction,
+                        ticks_per_block=ticks_per_block)
+        st = np.asarray(walk.status)
+        running = st == RUNNING
+        tick = int(walk.tick)
+        finished = (not running.any()) or tick * spec_steps >= max_steps
+        size = st.shape[0]
+        if finished or (size >= 4 * min_bucket and running.sum() * 4 <= size):
+            real = slot >= 0
+            status[slot[real]] = st[real]
+            exit_step[slot[real]] = np.asarray(walk.exit_step)[real]
+            if finished:
+                break
+            keep = np.flatnonzero(running)
+            new_size = max(min_bucket, -(-keep.size // 256) * 256)
+            pad = np.full(new_size - keep.size, keep[0])
+            take = np.concatenate([keep, pad])
+            slot = np.concatenate([slot[keep], np.full(pad.size, -1)])
+            new_status = np.concatenate([st[keep], np.full(pad.size, PAD, np.int8)])
+            walk = _Walk(walk.x[take], jnp.asarray(new_status), walk.exit_step[take], walk.tick)
+            ids = ids[take]
+        seg_ticks = max(64, tick // 8)  # segments grow with the run: few host round trips
+    final = _Walk(jnp.zeros((n, dynamic.dim)), jnp.asarray(status), jnp.asarray(exit_step,
+                  jnp.int32), jnp.asarray(tick, jnp.int32))
+    return jax.device_get(_record(dynamic, final, t_max))
+
+
+def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, correction=None,
+                       chunk_size: int | None = None, confidence: float = 0.95,
+                       ticks_per_block: int = 32, min_bucket: int = 2048,
+                       checkpoint=None) -> ExitResult:
+    """Exit times of ``n_particles`` runs of ``dynamic`` from ``region`` (see simulate_exits).
+
+    Particles are processed ``chunk_size`` at a time (default: all at once), compacting as
+    they leave; the record is identical for every chunk size and with or without compaction.
+    With ``checkpoint`` (a folder or ``sgdyn.checkpoint.Checkpoint``) every finished chunk is
+    saved, and a re-run with the same arguments resumes from the chunks already done.
+    """
+    n_particles, x0 = _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size)
+    check_start(region, x0)
+    _checks.positive_int("min_bucket", min_bucket)
+    chunk = chunk_size or n_particles
+    if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+        checkpoint = Checkpoint(checkpoint)
+    parts = []
+    for first in range(0, n_particles, chunk):
+        n = min(chunk, n_particles - first)
+        ids = first + np.arange(n, dtype=np.uint32)
+        tag = None
+        if checkpoint is not None:
+            tag = fingerprint(key, dynamic, region, x0, float(t_max), str(correction), first, n)
+            saved = checkpoint.load(tag)
+            if saved is not None:
+                parts.append(ExitRecord(**{f: saved[f] for f in ExitRecord._fields}))
+                continue
+        rec = _run_compacting(key, dynamic, region, x0, ids, t_max, correction,
+                              ticks_per_block, min_bucket)
+        if checkpoint is not None:
+            checkpoint.save(tag, rec._asdict())
+        parts.append(rec)
+    record = ExitRecord(*(np.concatenate([getattr(p, f) for p in parts])
+                          for f in ("time", "escaped", "diverged", "censored")),
+                        t_max=float(parts[0].t_max))
+    est = exit_time_estimate(record.time, record.escaped, record.censored, record.diverged,
+                             confidence)
+    return ExitResult(record, est)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _sweep(key, dynamics, regions, x0, n_particles, t_max, correction, ticks_per_block):
+    run = lambda dyn, reg, x, t: simulate_exits(  # noqa: E731
+        key, dyn, reg, x, n_particles, t, correction=correction,
+        ticks_per_block=ticks_per_block)
+    return jax.vmap(run)(dynamics, regions, x0, t_max)
+
+
+def _per_item(value, m, name):
+    items = list(value) if isinstance(value, (list, tuple)) else [value] * m
+    if len(items) != m:
+        raise ValueError(f"{name} must be one value or a list of {m} (one per dynamic), "
+                         f"got {len(items)}")
+    return items
+
+
+def sweep_exit_times(key, dynamics, regions, x0, n_particles: int, t_max, *, correction=None,
+                     confidence: float = 0.95, ticks_per_block: int = 32) -> list[ExitResult]:
+    """Exit times for a list of same-shaped dynamics (a sweep), in one compiled call.
+
+    ``regions`` and ``t_max`` are each one value shared by all, or a list with one per
+    dynamic; ``x0`` is one start of shape (d,) or an (m, d) array. Every dynamic shares the key and particle ids (common random numbers across the
+    sweep, which makes differences between sweep points less noisy).
+    """
+    dynamics = list(dynamics)
+    m = len(dynamics)
+    if m == 0:
+        raise ValueError("dynamics must be a non-empty list")
+    regions = _per_item(regions, m, "regions")
+    t_max = _per_item(t_max, m, "t_max")
+    x0 = np.asarray(x0, float)
+    x0 = list(x0) if x0.ndim == 2 else [np.atleast_1d(x0)] * m  # one start, or one per dynamic
+    if len(x0) != m:
+        raise ValueError(f"x0 must be one start or an (m, d) array with m={m}, got {len(x0)}")
+    for dyn, reg, x, t in zip(dynamics, regions, x0, t_max):
+        n_particles, x = _validate(dyn, reg, x, n_particles, t, correction, None)
+        check_start(reg, x)
+    recs = jax.device_get(_sweep(key, stack(dynamics), stack(regions), jnp.asarray(np.stack(x0)),
+                                 n_particles, jnp.asarray(t_max, float), correction,
+                                 ticks_per_block))
+    out = []
+    for i in range(m):
+        rec = ExitRecord(*(np.asarray(getattr(recs, f)[i]) for f in
+                           ("time", "escaped", "diverged", "censored")), float(recs.t_max[i]))
+        out.append(ExitResult(rec, exit_time_estimate(rec.time, rec.escaped, rec.censored,
+                                                      rec.diverged, confidence)))
+    return out
+
+
+def stack(items):
+    """Stack a list of same-structure pytrees (dynamics, landscapes) along a new leading axis."""
+    return jax.tree.map(lambda *a: jnp.stack([jnp.asarray(x) for x in a]), *items)

@@ -1,0 +1,115 @@
+r"""Gradient-noise models: the per-example covariance C(w) of THEORY.md section 2.
+
+A noise model returns a factor S(w) with C(w) = S S' as a scalar (C = S^2 I), a vector
+(C = diag(S^2)) or a matrix; the SDE scales it by sqrt(lr / b). Units: C has units of
+(loss / parameter)^2, like a squared gradient.
+
+    Isotropic(sigma2):          C = sigma2 I                    (Langevin, SGLD-like)
+    HessianNoise(sigma2, H_a):  C = sigma2 H(a)                 (anisotropic, constant)
+    PLDLocal(sigma_g, sigma_h): C = (sigma_g + sigma_H |w - a|^2) M
+    PLDLoss(sigma_g, sigma_h):  C = (sigma_g + (2 sigma_H / h_a) max(L(w) - L(a), 0)) M
+
+M is the identity unless ``shape`` is given (a fixed positive-definite matrix's Cholesky
+factor). In PLDLoss the excess loss is clipped at 0 so C stays >= sigma_g where the loss dips
+below L(a) beyond a saddle; in the quadratic basin the two PLD forms agree.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from . import _checks
+from ._pytree import pytree_dataclass
+
+
+def _shape_factor(shape):
+    if shape is None:
+        return None
+    shape = jnp.asarray(shape, float)
+    return jnp.linalg.cholesky(shape)
+
+
+def _apply_shape(scale, shape_chol):
+    return scale if shape_chol is None else scale * shape_chol
+
+
+@pytree_dataclass
+class Isotropic:
+    """C = sigma2 I. With lr and b, Langevin at temperature T = lr sigma2 / (2 b)."""
+
+    sigma2: jax.Array
+
+    @staticmethod
+    def make(sigma2) -> "Isotropic":
+        _checks.positive("sigma2", sigma2)
+        return Isotropic(jnp.asarray(sigma2, float))
+
+    def factor(self, landscape, x):
+        return jnp.sqrt(self.sigma2)
+
+
+@pytree_dataclass
+class HessianNoise:
+    """C = sigma2 H(a): constant noise shaped like the curvature at the minimum."""
+
+    sigma2: jax.Array
+    hessian_sqrt: jax.Array  # (d, d) Cholesky factor of H(a)
+
+    @staticmethod
+    def make(landscape, sigma2) -> "HessianNoise":
+        _checks.positive("sigma2", sigma2)
+        h = landscape.hessian(landscape.minimum)
+        eig = jnp.linalg.eigvalsh(h)
+        if not bool(jnp.all(eig > 0)):
+            raise ValueError(f"HessianNoise needs a positive-definite Hessian at the minimum, "
+                             f"got eigenvalues {eig}")
+        return HessianNoise(jnp.asarray(sigma2, float), jnp.linalg.cholesky(h))
+
+    def factor(self, landscape, x):
+        return jnp.sqrt(self.sigma2) * self.hessian_sqrt
+
+
+@pytree_dataclass
+class PLDLocal:
+    """C = (sigma_g + sigma_H |w - a|^2) M, a = the landscape's minimum."""
+
+    sigma_g: jax.Array
+    sigma_h: jax.Array
+    shape_chol: jax.Array | None = None
+
+    @staticmethod
+    def make(sigma_g, sigma_h, shape=None) -> "PLDLocal":
+        _checks.positive("sigma_g", sigma_g)
+        _checks.nonnegative("sigma_h", sigma_h)
+        return PLDLocal(jnp.asarray(sigma_g, float), jnp.asarray(sigma_h, float),
+                        _shape_factor(shape))
+
+    def factor(self, landscape, x):
+        dx = x - landscape.minimum
+        return _apply_shape(jnp.sqrt(self.sigma_g + self.sigma_h * (dx @ dx)), self.shape_chol)
+
+
+@pytree_dataclass
+class PLDLoss:
+    """C = (sigma_g + (2 sigma_H / h_a) max(L(w) - L(a), 0)) M, h_a the curvature at a."""
+
+    sigma_g: jax.Array
+    sigma_h: jax.Array
+    h_ref: jax.Array
+    loss_ref: jax.Array
+    shape_chol: jax.Array | None = None
+
+    @staticmethod
+    def make(landscape, sigma_g, sigma_h, shape=None) -> "PLDLoss":
+        """h_a is the landscape's ``curvature_at_minimum()`` (mean Hessian eigenvalue in d-D)."""
+        _checks.positive("sigma_g", sigma_g)
+        _checks.nonnegative("sigma_h", sigma_h)
+        return PLDLoss(jnp.asarray(sigma_g, float), jnp.asarray(sigma_h, float),
+                       jnp.asarray(landscape.curvature_at_minimum(), float),
+                       jnp.asarray(landscape.loss(landscape.minimum), float), _shape_factor(shape))
+
+    def factor(self, landscape, x):
+        excess = jnp.maximum(landscape.loss(x) - self.loss_ref, 0.0)
+        c = self.sigma_g + 2 * self.sigma_h / self.h_ref * excess
+        return _apply_shape(jnp.sqrt(c), self.shape_chol)

@@ -1,0 +1,51 @@
+r"""The SGD-like SDE (THEORY.md section 1), time t = k * lr:
+
+    dw = -grad L(w) dt + sqrt(lr / b * C(w)) dB_t
+
+``SDE`` pairs a landscape (the drift) with a noise model (C) and the learning rate and batch
+size that set the noise level; a solver in ``sgdyn.solvers`` integrates it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from . import _checks
+from ._pytree import pytree_dataclass
+
+
+@pytree_dataclass
+class SDE:
+    landscape: object
+    noise: object
+    lr: jax.Array
+    batch_size: jax.Array
+
+    @staticmethod
+    def make(landscape, noise, lr, batch_size) -> "SDE":
+        _checks.positive("lr", lr)
+        _checks.positive("batch_size", batch_size)
+        return SDE(landscape, noise, jnp.asarray(lr, float), jnp.asarray(batch_size, float))
+
+    @property
+    def dim(self) -> int:
+        return self.landscape.dim
+
+    def drift(self, x):
+        return -self.landscape.grad(x)
+
+    def diffusion(self, x):
+        """G(w) with G G' = lr C(w) / b: scalar, diagonal vector or (d, d) matrix."""
+        return jnp.sqrt(self.lr / self.batch_size) * self.noise.factor(self.landscape, x)
+
+    def apply_diffusion(self, x, dw):
+        g = self.diffusion(x)
+        return g @ dw if jnp.ndim(g) == 2 else g * dw
+
+    def std_along(self, x, normal):
+        """sqrt(n' G G' n): noise level per sqrt(time) along the unit vector ``normal``."""
+        g = self.diffusion(x)
+        if jnp.ndim(g) == 2:
+            return jnp.linalg.norm(g.T @ normal)
+        return jnp.sqrt(jnp.sum((g * normal) ** 2))

@@ -1,0 +1,70 @@
+r"""Real minibatch SGD on a finite-sum problem, as a dynamic (see ``sgdyn.solvers``):
+
+    w_{k+1} = w_k - lr * (1/b) sum_{i in B_k} grad l_i(w_k),     t = k * lr
+
+Each step draws a fresh batch B_k of b examples, uniformly with replacement, or (``replace=False``)
+a uniformly random b-subset (Floyd's algorithm). Batches are independent across steps, so the
+gradient noise has covariance C(w)/b, times (n - b)/(n - 1) without replacement (THEORY.md
+section 1). No Gaussian assumption anywhere.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from . import _checks
+from ._pytree import pytree_dataclass, static_field
+from .rng import NoiseSpec
+
+
+def floyd_subset(words, n: int):
+    """A uniformly random b-subset of range(n) from b uint32 words (b = len(words) <= n)."""
+    b = words.shape[0]
+    chosen = []
+    for k, j in enumerate(range(n - b, n)):
+        t = (words[k] % jnp.uint32(j + 1)).astype(jnp.int32)
+        if chosen:
+            taken = jnp.any(jnp.stack(chosen) == t)
+            t = jnp.where(taken, j, t)
+        chosen.append(t)
+    return jnp.stack(chosen)
+
+
+@pytree_dataclass
+class MinibatchSGD:
+    problem: object
+    lr: jax.Array
+    batch_size: int = static_field(default=1)
+    replace: bool = static_field(default=True)
+
+    @staticmethod
+    def make(problem, lr, batch_size: int, replace: bool = True) -> "MinibatchSGD":
+        _checks.positive("lr", lr)
+        batch_size = _checks.positive_int("batch_size", batch_size)
+        if batch_size > problem.n:
+            raise ValueError(f"batch_size must be <= the number of examples n={problem.n}, "
+                             f"got {batch_size}")
+        return MinibatchSGD(problem, jnp.asarray(lr, float), batch_size, bool(replace))
+
+    @property
+    def dim(self) -> int:
+        return self.problem.dim
+
+    @property
+    def dt(self):
+        return self.lr
+
+    @property
+    def noise_spec(self) -> NoiseSpec:
+        return NoiseSpec((("word", self.batch_size),))
+
+    def batch(self, words):
+        n = self.problem.n
+        if self.replace:
+            return (words % jnp.uint32(n)).astype(jnp.int32)
+        return floyd_subset(words, n)
+
+    def step(self, x, noise):
+        (words,) = noise
+        return x - self.lr * self.problem.batch_grad(x, self.batch(words))

@@ -1,0 +1,92 @@
+"""One escape-time measurement with its theory values: the library side of
+``experiments/escape_time.py``."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import jax
+import numpy as np
+
+from . import _checks, theory
+from .build import THEORY_NOISE, make_dynamic, make_landscape
+from .measure import measure_exit_times
+from .regions import Ball, Threshold
+
+
+def theory_values(cfg: dict) -> dict:
+    """Exact MFPT and the asymptotic formula for the Kramers well (THEORY.md section 4)."""
+    if cfg["landscape"] != "kramers":
+        return {}
+    well = dict(h_min=cfg["h_min"], h_saddle=cfg["h_saddle"], barrier=cfg["barrier"])
+    noise = THEORY_NOISE[cfg["dynamics"]]
+    params = ({"sigma2": cfg["sigma2"]} if noise in ("langevin", "hessian")
+              else {"sigma_g": cfg["sigma_g"], "sigma_h": cfg["sigma_h"]})
+    common = dict(lr=cfg["lr"], batch_size=cfg["batch_size"])
+    out = {"exact_mean_exit_time": theory.kramers_exit_time(
+        **well, **common, noise=noise, to=cfg["to"], n_lengths=cfg["n_lengths"], **params)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if noise == "langevin":
+            asym = theory.langevin_escape_time(**well, **common, sigma2=cfg["sigma2"])
+        elif noise == "hessian":
+            asym = theory.langevin_escape_time(**well, **common,
+                                               sigma2=cfg["sigma2"] * cfg["h_min"])
+        elif noise == "pld_loss":
+            asym = theory.pld_escape_time(**well, **common, **params)
+        else:
+            asym = None
+    if asym is not None:
+        if cfg["to"] == "saddle":
+            asym /= 2  # from the saddle each side is equally likely
+        out["asymptotic_mean_exit_time"] = asym
+        out["asymptotic_warnings"] = [str(w.message) for w in caught]
+    return out
+
+
+def exit_region(cfg: dict, landscape):
+    if cfg["landscape"] == "kramers":
+        noise = THEORY_NOISE[cfg["dynamics"]]
+        params = ({"sigma2": cfg["sigma2"]} if noise in ("langevin", "hessian")
+                  else {"sigma_g": cfg["sigma_g"], "sigma_h": cfg["sigma_h"]})
+        n = 0.0 if cfg["to"] == "saddle" else cfg["n_lengths"]
+        x = theory.kramers_escape_point(cfg["h_min"], cfg["h_saddle"], cfg["barrier"],
+                                        lr=cfg["lr"], batch_size=cfg["batch_size"],
+                                        n_lengths=n, noise=noise, **params)
+        return Threshold(x)
+    _checks.positive("radius", cfg["radius"])
+    return Ball.make(np.asarray(landscape.minimum), cfg["radius"])
+
+
+def escape_time_experiment(cfg: dict) -> dict:
+    """Run one measurement described by ``cfg`` (the script's flags) and return the JSON dict."""
+    start = time.time()
+    landscape = make_landscape(cfg["landscape"], h_min=cfg["h_min"], h_saddle=cfg["h_saddle"],
+                               barrier=cfg["barrier"], h=cfg["h"], dim=cfg["dim"],
+                               scale=cfg["scale"], tilt=cfg["tilt"])
+    dynamic = make_dynamic(cfg["dynamics"], landscape, lr=cfg["lr"],
+                           batch_size=cfg["batch_size"], sigma2=cfg["sigma2"],
+                           sigma_g=cfg["sigma_g"], sigma_h=cfg["sigma_h"], dt=cfg["dt"],
+                           increments=cfg["increments"], n_examples=cfg["n_examples"],
+                           replace=not cfg["without_replacement"])
+    region = exit_region(cfg, landscape)
+    theory_out = theory_values(cfg)
+    t_max = cfg["t_max"]
+    if t_max is None:
+        exact = theory_out.get("exact_mean_exit_time")
+        if exact is None:
+            raise ValueError("t_max is required when no exact exit time is known")
+        t_max = 20 * exact
+    res = measure_exit_times(jax.random.key(cfg["seed"]), dynamic, region,
+                             np.asarray(landscape.minimum), cfg["particles"], t_max,
+                             correction=cfg["correction"], chunk_size=cfg["chunk_size"],
+                             checkpoint=cfg.get("checkpoint"))
+    out = {"arguments": cfg, "t_max": res.record.t_max, **res.estimate.as_dict(), **theory_out,
+           "dt": float(dynamic.dt), "run_time_s": time.time() - start}
+    if not np.isfinite(out["ci95"][1]):
+        out["ci95"][1] = None  # an unbounded interval (no escape) is null in JSON
+    if not math.isfinite(out["mean_exit_time"]):
+        out["mean_exit_time"] = None  # JSON has no inf: no particle escaped
+    return out

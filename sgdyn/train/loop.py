@@ -1,0 +1,259 @@
+"""Jitted minibatch training of a Flax classifier, several seeds at once.
+
+One compiled call runs one epoch for every seed: ``jax.vmap`` over seeds of a ``lax.scan`` over
+the epoch's minibatches (a fresh permutation per epoch, sampling without replacement, the last
+n mod b examples dropped). Each seed s draws everything from ``jax.random.key(s)``:
+initial weights, the optimizer's noise key, the minibatch order, the loss-reweighting draws and
+the sharpness start vector, so a seed gives the same numbers alone or inside a vmap.
+
+A step whose batch loss or new parameters are not finite (NaN or inf) is not applied: that seed's
+parameters and optimizer state freeze at their last finite values, it is marked diverged (with
+the global step index, and a RuntimeWarning names it) and the other seeds carry on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+import warnings
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .. import _checks
+from . import models
+from .data import Dataset
+from .noise import reweighted_loss
+from .sharpness import top_hessian_eigenvalue
+
+OptimizerFn = Callable[[jax.Array, jax.Array], optax.GradientTransformation]
+
+
+class TrainState(NamedTuple):
+    params: object
+    opt_state: object
+    key: jax.Array
+    diverged: jax.Array  # bool
+    diverged_step: jax.Array  # int32, -1 while finite
+    step: jax.Array  # int32, steps taken (frozen steps included)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """Per-epoch metrics have shape [epochs, seeds] (evaluated after each epoch, full data);
+    losses in nats, accuracies in [0, 1], sharpness (top Hessian eigenvalue of the training loss
+    at the final weights) in nats per parameter^2, NaN when not computed."""
+
+    seeds: np.ndarray
+    lr: np.ndarray
+    train_loss: np.ndarray
+    train_acc: np.ndarray
+    test_loss: np.ndarray
+    test_acc: np.ndarray
+    diverged: np.ndarray
+    diverged_step: np.ndarray
+    sharpness: np.ndarray
+    params: object
+    steps_per_epoch: int
+    wall_time_s: float
+
+    def final(self) -> dict:
+        """Last-epoch metrics per seed, plus the generalisation gap train_acc - test_acc."""
+        keys = ("train_loss", "train_acc", "test_loss", "test_acc")
+        out = {k: getattr(self, k)[-1] for k in keys}
+        out["gap"] = out["train_acc"] - out["test_acc"]
+        out["sharpness"] = self.sharpness
+        out["diverged"] = self.diverged
+        return out
+
+
+def _select(pred, new, old):
+    """Elementwise ``where`` over pytrees, including typed PRNG-key leaves."""
+
+    def sel(a, b):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            data = jnp.where(pred, jax.random.key_data(a), jax.random.key_data(b))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+        return jnp.where(pred, a, b)
+
+    return jax.tree.map(sel, new, old)
+
+
+def _all_finite(tree):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _seed_keys(seed):
+    """(init, optimizer noise, loop) keys of one seed; index 3 is reserved (sharpness folds in)."""
+    return jax.random.split(jax.random.key(seed), 4)[:3]
+
+
+@functools.lru_cache(maxsize=8)
+def _param_init(model):
+    # separate from the optimizer so that its (slow to compile) initialisers compile once per model
+    return jax.jit(jax.vmap(lambda seed, x: model.init(_seed_keys(seed)[0], x), in_axes=(0, None)))
+
+
+def init_params(model, seeds: Sequence[int], x):
+    """Initial weights of every seed, stacked on a leading axis (as :func:`train` draws them)."""
+    return _param_init(model)(jnp.asarray(np.asarray(seeds, np.uint32)), jnp.asarray(x[:1]))
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(model, optimizer_fn, batch_size, steps, per_example, weight_scale):
+    """Jitted (init, epoch) for one configuration; cached so repeated runs skip compilation."""
+
+    def init_one(params, seed, lr):
+        _, k_noise, k_loop = _seed_keys(seed)
+        opt_state = optimizer_fn(lr, k_noise).init(params)
+        return TrainState(params, opt_state, k_loop, jnp.array(False), jnp.array(-1, jnp.int32),
+                          jnp.array(0, jnp.int32))
+
+    def epoch_one(state, lr, x, y):
+        # update() never reads the construction key (it lives in opt_state), so any key will do
+        opt = optimizer_fn(lr, jax.random.key(0))
+        key, k_perm = jax.random.split(state.key)
+        order = jax.random.permutation(k_perm, x.shape[0])[: steps * batch_size]
+
+        def step(s: TrainState, idx):
+            k_next, k_w = jax.random.split(s.key)
+            xb, yb = x[idx], y[idx]
+
+            def objective(p):
+                losses = models.per_example_loss(model, p, xb, yb)
+                mean = jnp.mean(losses)
+                obj = reweighted_loss(losses, k_w, weight_scale) if weight_scale > 0 else mean
+                return obj, mean
+
+            (_, loss), grads = jax.value_and_grad(objective, has_aux=True)(s.params)
+            extra = {"loss": loss}
+            if per_example:
+                # the batch is already a random draw, so its first m rows are a random subset
+                m = per_example
+                extra["per_example_grads"] = models.per_example_grads(model, s.params, xb[:m],
+                                                                      yb[:m])
+            updates, opt_state = opt.update(grads, s.opt_state, s.params, **extra)
+            params = optax.apply_updates(s.params, updates)
+            ok = ~s.diverged & jnp.isfinite(loss) & _all_finite(params)
+            return TrainState(
+                _select(ok, params, s.params),
+                _select(ok, opt_state, s.opt_state),
+                k_next,
+                s.diverged | ~ok,
+                jnp.where(~s.diverged & ~ok, s.step, s.diverged_step),
+                s.step + 1,
+            ), loss
+
+        state = state._replace(key=key)
+        state, _ = jax.lax.scan(step, state, order.reshape(steps, batch_size))
+        return state
+
+    init = jax.jit(jax.vmap(init_one))
+    epoch = jax.jit(jax.vmap(epoch_one, in_axes=(0, 0, None, None)), donate_argnums=0)
+    return init, epoch
+
+
+@functools.lru_cache(maxsize=8)
+def _evaluators(model, sharpness_iters):
+    def metrics(params, x, y):
+        return models.mean_loss(model, params, x, y), models.accuracy(model, params, x, y)
+
+    def sharp(params, seeds, x, y):
+        def one(args):
+            p, seed = args
+            key = jax.random.fold_in(jax.random.key(seed), 1)  # a stream no training draw uses
+            return top_hessian_eigenvalue(lambda q: models.mean_loss(model, q, x, y), p, key,
+                                          sharpness_iters)
+
+        return jax.lax.map(one, (params, seeds))  # sequential: lax.cond stays lazy per seed
+
+    return (jax.jit(jax.vmap(metrics, in_axes=(0, None, None))),
+            jax.jit(sharp) if sharpness_iters > 0 else None)
+
+
+def _check_args(data, optimizer_fn, lr, batch_size, epochs, seeds, loss_weight_scale,
+                sharpness_iters, sharpness_examples, per_example_grads):
+    if not isinstance(data, Dataset):
+        raise TypeError(f"data must be a sgdyn.train.Dataset, got {type(data).__name__}")
+    if not callable(optimizer_fn):
+        raise TypeError("optimizer_fn must be callable as optimizer_fn(lr, key)")
+    _checks.positive_int("batch_size", batch_size)
+    if batch_size > data.n_train:
+        raise ValueError(f"batch_size must be <= the number of training examples "
+                         f"({data.n_train}), got {batch_size}")
+    _checks.positive_int("epochs", epochs)
+    seeds = np.atleast_1d(np.asarray(seeds))
+    if (seeds.ndim != 1 or seeds.size == 0 or not np.issubdtype(seeds.dtype, np.integer)
+            or seeds.min() < 0):
+        raise ValueError(f"seeds must be a non-empty list of integers >= 0, got {seeds.tolist()}")
+    lr = np.asarray(_checks.positive("lr", lr), np.float32)
+    if lr.ndim > 1 or (lr.ndim == 1 and lr.shape != seeds.shape):
+        raise ValueError(f"lr must be a number or a list of one per seed ({seeds.size}), "
+                         f"got {lr.tolist()}")
+    lr = np.broadcast_to(lr, seeds.shape)
+    _checks.nonnegative("loss_weight_scale", loss_weight_scale)
+    if isinstance(sharpness_iters, bool) or not isinstance(sharpness_iters, (int, np.integer)) \
+            or sharpness_iters < 0:
+        raise ValueError(f"sharpness_iters must be an integer >= 0, got {sharpness_iters!r}")
+    if not isinstance(per_example_grads, (bool, int, np.integer)) or (
+            not isinstance(per_example_grads, bool) and per_example_grads < 1):
+        raise ValueError(f"per_example_grads must be True, False or an integer >= 1, "
+                         f"got {per_example_grads!r}")
+    if sharpness_examples is not None:
+        _checks.positive_int("sharpness_examples", sharpness_examples)
+    return seeds.astype(np.uint32), np.array(lr)
+
+
+def train(model, data: Dataset, optimizer_fn: OptimizerFn, *, lr, batch_size: int, epochs: int,
+          seeds: Sequence[int] = (0,), per_example_grads: bool | int = False,
+          loss_weight_scale: float = 0.0, sharpness_iters: int = 20,
+          sharpness_examples: int | None = None) -> TrainResult:
+    """Train ``model`` on ``data`` for ``epochs`` epochs of minibatch steps, all seeds together.
+
+    ``optimizer_fn(lr, key)`` builds the Optax transformation (``lr`` may be a tracer; any noise
+    injection takes ``key``); e.g. ``lambda lr, k: optax.chain(add_isotropic_noise(1e-2, k),
+    optax.sgd(lr))``. ``lr``: one value or one per seed. Each update receives ``loss=`` (the
+    unweighted batch loss) and, with ``per_example_grads=True``, ``per_example_grads=`` (an
+    integer m: those of the first m examples of the random batch only, B/m x less memory).
+    ``loss_weight_scale`` s > 0 differentiates the reweighted loss (1/B) sum (1 + s z_i) l_i.
+    Sharpness uses the first ``sharpness_examples`` training examples (all by default).
+    """
+    seeds, lr = _check_args(data, optimizer_fn, lr, batch_size, epochs, seeds, loss_weight_scale,
+                            sharpness_iters, sharpness_examples, per_example_grads)
+    t0 = time.perf_counter()
+    steps = data.n_train // batch_size
+    per_example = 0 if per_example_grads is False else (
+        batch_size if per_example_grads is True else min(int(per_example_grads), batch_size))
+    init, epoch = _compiled(model, optimizer_fn, int(batch_size), steps, per_example,
+                            float(loss_weight_scale))
+    metrics, sharp = _evaluators(model, int(sharpness_iters))
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    xt, yt = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
+    lr_dev = jnp.asarray(lr)
+    state = init(init_params(model, seeds, x), jnp.asarray(seeds), lr_dev)
+    hist = {k: [] for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
+    for _ in range(epochs):
+        state = epoch(state, lr_dev, x, y)
+        for split, (xs, ys) in (("train", (x, y)), ("test", (xt, yt))):
+            loss, acc = metrics(state.params, xs, ys)
+            hist[f"{split}_loss"].append(loss)
+            hist[f"{split}_acc"].append(acc)
+    if sharp is not None:
+        m = data.n_train if sharpness_examples is None else min(sharpness_examples, data.n_train)
+        sharpness = np.asarray(sharp(state.params, jnp.asarray(seeds), x[:m], y[:m]))
+    else:
+        sharpness = np.full(seeds.shape, np.nan, np.float32)
+    hist = {k: np.asarray(jnp.stack(v)) for k, v in hist.items()}
+    diverged = np.asarray(state.diverged)
+    if diverged.any():
+        warnings.warn(f"seeds {seeds[diverged].tolist()} diverged (non-finite loss or weights) at "
+                      f"steps {np.asarray(state.diverged_step)[diverged].tolist()}; their weights "
+                      f"are frozen at the last finite values", RuntimeWarning, stacklevel=2)
+    return TrainResult(seeds=seeds, lr=lr, **hist, diverged=diverged,
+                       diverged_step=np.asarray(state.diverged_step), sharpness=sharpness,
+                       params=jax.device_get(state.params), steps_per_epoch=steps,
+                       wall_time_s=time.perf_counter() - t0)

@@ -1,0 +1,63 @@
+"""experiments/escape_time.py: one measurement from the command line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "escape_time.py"
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_escape_time_cli_writes_json_with_theory(tmp_path):
+    out = tmp_path / "out.json"
+    proc = run("--landscape", "kramers", "--h-min", "4", "--h-saddle", "4", "--barrier", "0.3",
+               "--dynamics", "pld", "--lr", "0.1", "--batch-size", "1", "--sigma-g", "2",
+               "--sigma-h", "4", "--dt", "0.02", "--particles", "2000", "--seed", "0",
+               "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out.read_text())
+    for key in ("arguments", "mean_exit_time", "ci95", "n_escaped", "n_censored",
+                "exact_mean_exit_time", "asymptotic_mean_exit_time", "provenance"):
+        assert key in res
+    lo, hi = res["ci95"]
+    assert lo < res["mean_exit_time"] < hi
+    # dt = 0.02 Euler is within 10% of the exact value here (the engine tests are the sharp ones)
+    assert res["mean_exit_time"] == pytest.approx(res["exact_mean_exit_time"], rel=0.1)
+    assert res["n_escaped"] + res["n_censored"] == 2000
+    assert res["arguments"]["dynamics"] == "pld"
+
+
+def test_sgd_dynamics_from_the_cli(tmp_path):
+    out = tmp_path / "sgd.json"
+    proc = run("--landscape", "kramers", "--h-min", "4", "--h-saddle", "4", "--barrier", "0.3",
+               "--dynamics", "sgd", "--lr", "0.1", "--sigma-g", "2", "--sigma-h", "4",
+               "--n-examples", "100", "--particles", "500", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["n_escaped"] > 0
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--lr", "-1"], "lr"),
+        (["--dynamics", "adam"], "dynamics"),
+        (["--landscape", "moon"], "landscape"),
+        (["--particles", "0"], "n_particles"),
+        (["--dt", "1.0", "--lr", "0.1"], "dt"),
+        (["--barrier", "nan"], "barrier"),
+        (["--particles", "ten"], "particles"),
+    ],
+)
+def test_bad_flags_print_one_line_and_exit_nonzero(args, needle):
+    proc = run(*args)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr, proc.stderr

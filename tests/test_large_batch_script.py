@@ -1,0 +1,66 @@
+"""experiments/large_batch.py: the --quick run end to end, and one-line errors for bad flags."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "large_batch.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("large_batch", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quick_run_writes_table_and_figure(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads((tmp_path / "large_batch.json").read_text())
+    png = (tmp_path / "large_batch.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"provenance", "flags", "run_time_s", "calibration"} <= set(payload)
+    assert payload["flags"]["quick"] is True and len(payload["seeds"]) >= 5
+    methods = payload["methods"]
+    assert set(methods) == set(_module().METHODS)
+    for name, r in methods.items():
+        for metric in ("test_acc", "train_acc", "gap", "sharpness"):
+            for stat in ("mean", "std"):
+                v = r[metric][stat]
+                assert isinstance(v, float) and math.isfinite(v), (name, metric, stat, v)
+        assert r["n_diverged"] == 0, name
+    assert not list(tmp_path.glob("*.partial"))  # atomic writes leave no temporaries
+
+
+@pytest.mark.parametrize("argv, word", [
+    (["--lr", "-1"], "lr"),
+    (["--model", "resnet"], "model"),
+    (["--epochs", "ten"], "epochs"),
+    (["--small-batch", "4096", "--large-batch", "1024"], "small-batch"),
+    (["--quick", "--large-batch", "100000"], "large-batch"),
+    (["--methods", "small,bogus"], "methods"),
+    (["--dataset", "npz"], "path"),
+    (["--no-such-flag"], "no-such-flag"),
+])
+def test_bad_flags_one_line_and_nonzero_exit(argv, word, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _module().main(argv)
+    assert exc.value.code not in (0, None)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and word in err and "Traceback" not in err
+
+
+def test_bad_flag_in_a_subprocess_has_no_traceback():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--seeds", "0"], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "seeds" in proc.stderr
+    assert "Traceback" not in proc.stderr

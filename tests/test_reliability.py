@@ -1,0 +1,95 @@
+"""Interruption, reproducibility and argument checking across the library."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import sgdyn as sg
+from sgdyn.checkpoint import Checkpoint, fingerprint
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "escape_time.py"
+ARGS = ["--landscape", "kramers", "--h-min", "4", "--h-saddle", "4", "--barrier", "0.3",
+        "--dynamics", "langevin", "--sigma2", "2", "--dt", "0.01", "--particles", "16000",
+        "--chunk-size", "2000", "--seed", "3"]
+NUMBERS = ("mean_exit_time", "ci95", "n_escaped", "n_censored", "n_diverged", "t_max",
+           "exact_mean_exit_time")
+
+
+def _numbers(path):
+    res = json.loads(Path(path).read_text())
+    return {k: res[k] for k in NUMBERS}
+
+
+def test_kill_minus_nine_then_rerun_resumes_with_identical_numbers(tmp_path):
+    ckpt, out = tmp_path / "ckpt", tmp_path / "resumed.json"
+    cmd = [sys.executable, str(SCRIPT), *ARGS, "--checkpoint", str(ckpt), "--json", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and len(list(ckpt.glob("*.npz"))) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(ckpt.glob("*.npz")))
+    assert 2 <= done_before < 8 and not out.exists()
+    assert not list(ckpt.glob("*.partial"))  # no half-written checkpoint survives the kill
+
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    fresh = tmp_path / "fresh.json"
+    subprocess.run([sys.executable, str(SCRIPT), *ARGS, "--json", str(fresh)], check=True,
+                   capture_output=True, timeout=300)
+    assert _numbers(out) == _numbers(fresh)
+
+
+def test_checkpoint_keys_change_with_every_input():
+    land = sg.KramersWell.make(2.0, 2.0, 0.5)
+    a = sg.EulerMaruyama.make(sg.SDE.make(land, sg.Isotropic.make(1.0), 0.1, 1), 0.01)
+    b = sg.EulerMaruyama.make(sg.SDE.make(land, sg.Isotropic.make(1.1), 0.1, 1), 0.01)
+    k = jax.random.key(0)
+    assert fingerprint(k, a) == fingerprint(k, a)
+    assert fingerprint(k, a) != fingerprint(k, b)
+    assert fingerprint(k, a) != fingerprint(jax.random.key(1), a)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    c = Checkpoint(tmp_path)
+    c.save("x", {"a": np.arange(3), "b": np.ones(2, bool)})
+    got = c.load("x")
+    assert np.array_equal(got["a"], np.arange(3)) and got["b"].dtype == bool
+    assert c.load("missing") is None and len(c) == 1
+
+
+def test_same_command_same_json_numbers(tmp_path):
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"run{i}.json"
+        args = [a if a != "16000" else "3000" for a in ARGS]
+        subprocess.run([sys.executable, str(SCRIPT), *args, "--json", str(out)], check=True,
+                       capture_output=True, timeout=300)
+        outs.append(_numbers(out))
+    assert outs[0] == outs[1]
+    prov = json.loads((tmp_path / "run0.json").read_text())["provenance"]
+    for key in ("command", "versions", "commit", "machine"):
+        assert key in prov
+    assert prov["versions"]["jax"] and prov["versions"]["sgdyn"]
+
+
+def test_result_files_are_written_atomically_and_readable(tmp_path):
+    from sgdyn.io import write_json
+
+    path = write_json(tmp_path / "r.json", {"x": np.float32(1.5), "arr": np.arange(2)})
+    assert json.loads(path.read_text()) == {"x": 1.5, "arr": [0, 1]}
+    assert oct(path.stat().st_mode & 0o777) != oct(0o600)
+    assert not list(tmp_path.glob("*.partial"))

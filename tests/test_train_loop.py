@@ -1,0 +1,163 @@
+"""Training loop, data, models and sharpness: determinism, vmap equivalence, divergence,
+exact-Hessian check of power iteration, offline data, argument checks."""
+
+import random
+import socket
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from sgdyn.train import (MLP, CNN1D, Dataset, add_fisher_noise, load_dataset, load_npz,
+                         make_model, mean_loss, mnist1d, per_example_grads, power_iteration,
+                         teacher_student, top_hessian_eigenvalue, train)
+
+DATA = teacher_student(192, 64, dim=8, num_classes=4, teacher_width=16, seed=3)
+MODEL = MLP(hidden=(16,), num_classes=4)
+
+
+# module-level optimizer functions: the loop caches compiled epochs per function object
+def sgd(lr, key):
+    return optax.sgd(lr)
+
+
+def noisy_momentum(lr, key):
+    return optax.chain(add_fisher_noise(8, 32, key), optax.sgd(lr, momentum=0.9))
+
+
+def run(seeds, lr=0.2, optimizer_fn=sgd, **kw):
+    kw = {"batch_size": 32, "epochs": 3, "sharpness_iters": 5, **kw}
+    return train(MODEL, DATA, optimizer_fn, lr=lr, seeds=seeds, **kw)
+
+
+FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc", "sharpness")
+
+
+def test_same_seed_same_result():
+    a, b = run([0, 1, 2]), run([0, 1, 2])
+    for f in FIELDS:
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    assert a.train_loss.shape == (3, 3) and not a.diverged.any()
+    assert a.train_loss[-1].mean() < a.train_loss[0].mean()  # it learns
+    assert not np.array_equal(a.train_loss[:, 0], a.train_loss[:, 1])  # seeds differ
+
+
+@pytest.mark.parametrize("noisy", [False, True])
+def test_vmapped_seeds_match_one_by_one(noisy):
+    kw = dict(optimizer_fn=noisy_momentum, per_example_grads=8, loss_weight_scale=1.5,
+              lr=0.05) if noisy else {}
+    together = run([0, 1, 2], **kw)
+    for i, seed in enumerate([0, 1, 2]):
+        alone = run([seed], **kw)
+        for f in FIELDS:
+            np.testing.assert_allclose(getattr(together, f)[..., i], getattr(alone, f)[..., 0],
+                                       rtol=2e-5, atol=2e-6, err_msg=f"{f}, seed {seed}")
+        pa = ravel_pytree(jax.tree.map(lambda x: x[i], together.params))[0]
+        np.testing.assert_allclose(pa, ravel_pytree(jax.tree.map(lambda x: x[0], alone.params))[0],
+                                   rtol=2e-5, atol=2e-6)
+
+
+def test_nan_seed_stops_alone():
+    with pytest.warns(RuntimeWarning, match=r"seeds \[1\] diverged"):
+        res = run([0, 1, 2], lr=[0.2, 1e30, 0.2])
+    assert res.diverged.tolist() == [False, True, False]
+    assert res.diverged_step[1] >= 0 and res.diverged_step[0] == -1
+    frozen = ravel_pytree(jax.tree.map(lambda x: x[1], res.params))[0]
+    assert np.all(np.isfinite(frozen))  # frozen at the last finite weights
+    ok = run([0, 1, 2])  # the healthy seeds are unaffected by their diverged neighbour
+    for f in ("train_loss", "test_acc", "sharpness"):
+        np.testing.assert_allclose(getattr(res, f)[..., [0, 2]], getattr(ok, f)[..., [0, 2]],
+                                   rtol=2e-5, atol=2e-6)
+    assert np.all(np.isfinite(ok.final()["test_acc"]))
+
+
+def test_bad_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="lr"):
+        run([0], lr=-0.1)
+    with pytest.raises(ValueError, match="lr"):
+        run([0, 1], lr=[0.1, 0.1, 0.1])
+    with pytest.raises(ValueError, match="batch_size"):
+        run([0], batch_size=DATA.n_train + 1)
+    with pytest.raises(ValueError, match="epochs"):
+        run([0], epochs=0)
+    with pytest.raises(ValueError, match="seeds"):
+        run([])
+    with pytest.raises(ValueError, match="loss_weight_scale"):
+        run([0], loss_weight_scale=-1.0)
+    with pytest.raises(ValueError, match="per_example_grads"):
+        run([0], per_example_grads=0)
+    with pytest.raises(ValueError, match="model"):
+        make_model("resnet", 10)
+    with pytest.raises(ValueError, match="dataset"):
+        load_dataset("cifar")
+
+
+def test_power_iteration_matches_exact_hessian():
+    model = MLP(hidden=(5,), num_classes=3)
+    kx, kp, kv = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (20, 3))
+    y = jnp.arange(20) % 3
+    params = jax.jit(model.init)(kp, x)
+    flat, unravel = ravel_pytree(params)
+    hess = jax.jit(jax.hessian(lambda v: mean_loss(model, unravel(v), x, y)))(flat)
+    exact = np.linalg.eigvalsh(np.asarray(hess, np.float64))
+    lam = jax.jit(lambda p, k: top_hessian_eigenvalue(lambda q: mean_loss(model, q, x, y), p, k,
+                                                      num_iters=300))(params, kv)
+    assert abs(float(lam) - exact[-1]) <= 1e-3 * abs(exact[-1])
+
+
+def test_power_iteration_when_most_negative_eigenvalue_dominates():
+    q = np.linalg.qr(np.random.default_rng(0).normal(size=(4, 4)))[0]
+    a = jnp.asarray(q @ np.diag([-5.0, 2.0, 1.0, 0.5]) @ q.T, jnp.float32)
+    lam = jax.jit(lambda w, k: top_hessian_eigenvalue(lambda v: 0.5 * v @ a @ v, w, k, 200))(
+        jnp.ones(4), jax.random.key(1))
+    assert float(lam) == pytest.approx(2.0, rel=1e-3)
+    dom, _ = power_iteration(lambda v: a @ v, jnp.ones(4), 200)
+    assert float(dom) == pytest.approx(-5.0, rel=1e-3)
+
+
+def test_mnist1d_is_generated_offline(monkeypatch):
+    def no_network(*a, **k):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    np_state, py_state = np.random.get_state()[1].copy(), random.getstate()
+    d = mnist1d(300, seed=5)
+    assert d.x_train.shape == (240, 40) and d.x_test.shape == (60, 40)
+    assert d.x_train.dtype == np.float32 and d.y_train.dtype == np.int32
+    assert d.num_classes == 10 and set(np.unique(d.y_train)) <= set(range(10))
+    assert np.array_equal(np.random.get_state()[1], np_state) and random.getstate() == py_state
+    np.testing.assert_array_equal(d.x_train, mnist1d(300, seed=5).x_train)
+
+
+def test_teacher_student_and_npz_round_trip(tmp_path):
+    d = teacher_student(50, 20, dim=6, num_classes=3, seed=1, label_noise=0.1)
+    assert d.x_train.shape == (50, 6) and d.y_test.shape == (20,) and d.num_classes == 3
+    np.testing.assert_array_equal(d.y_train, teacher_student(50, 20, dim=6, num_classes=3,
+                                                             seed=1, label_noise=0.1).y_train)
+    path = tmp_path / "mine.npz"
+    np.savez(path, x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test)
+    e = load_npz(path)
+    assert isinstance(e, Dataset) and e.name == "mine"
+    np.testing.assert_array_equal(e.x_test, d.x_test)
+    np.savez(tmp_path / "bad.npz", x_train=d.x_train)
+    with pytest.raises(ValueError, match="lacks"):
+        load_npz(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match="path"):
+        load_npz(tmp_path / "missing.npz")
+    with pytest.raises(ValueError, match="label_noise"):
+        teacher_student(10, 10, label_noise=1.0)
+
+
+def test_models_shapes_and_per_example_grads():
+    x = jnp.ones((7, 40))
+    for model in (make_model("mlp", 10, width=8), make_model("cnn", 10, width=24)):
+        params = jax.jit(model.init)(jax.random.key(0), x)
+        assert model.apply(params, x).shape == (7, 10)
+        g = jax.jit(lambda p: per_example_grads(model, p, x, jnp.zeros(7, jnp.int32)))(params)
+        assert jax.tree.map(lambda a: a.shape[1:], g) == jax.tree.map(jnp.shape, params)
+    assert isinstance(make_model("cnn", 10), CNN1D)
