@@ -23,6 +23,21 @@ def half_width(est):
     return (est.ci[1] - est.ci[0]) / 2 / 1.959964
 
 
+def assert_richardson_covers(coarse, fine, exact):
+    """Estimates at dt and dt/2 of a scheme with O(dt) bias, extrapolated to dt -> 0, must
+    cover ``exact`` within the 99.9% interval (runs treated as independent)."""
+    extrapolated = 2 * fine.mean - coarse.mean
+    se = math.sqrt(4 * half_width(fine) ** 2 + half_width(coarse) ** 2)
+    assert abs(extrapolated - exact) < Z999 * se, (extrapolated, exact, se)
+    return se
+
+
+def exits_at_dt_and_half(sde, region, x0, n, t_max, seeds):
+    return [sg.measure_exit_times(jax.random.key(seed), sg.EulerMaruyama.make(sde, dt), region,
+                                  x0, n, t_max, correction="gobet").estimate
+            for dt, seed in zip((0.01, 0.005), seeds)]
+
+
 # ---------------------------------------------------------------- the plain interval (OU)
 
 THETA, SIGMA, R = 1.0, 1.0, 1.0
@@ -104,9 +119,7 @@ def test_well_exit_time_covers_exact_after_richardson(noise):
     """Gobet-corrected Euler at dt and dt/2, extrapolated to dt -> 0 (bias O(dt))."""
     coarse, exact = well_escape(noise, 0.02, 20000, 1)
     fine, _ = well_escape(noise, 0.01, 20000, 2)
-    extrapolated = 2 * fine.mean - coarse.mean
-    se = math.sqrt(4 * half_width(fine) ** 2 + half_width(coarse) ** 2)
-    assert abs(extrapolated - exact) < Z999 * se, (noise, extrapolated, exact, se)
+    se = assert_richardson_covers(coarse, fine, exact)
     assert se / exact < 0.03  # and the check is sharp: 99.9% CI within 10% of the value
 
 
@@ -122,16 +135,8 @@ def test_pld_and_langevin_exit_from_plain_interval(noise):
         cov = lambda x: params["sigma_g"] + params["sigma_h"] * x**2  # noqa: E731
     exact = th.mean_exit_time(lambda x: -h * x, lambda x: LR * cov(x) / (2 * B), 0.0, r, 0.0)
     sde = sg.SDE.make(sg.Quadratic.make(h), model, LR, B)
-    means, ses = [], []
-    for dt, seed in ((0.01, 3), (0.005, 4)):
-        res = sg.measure_exit_times(jax.random.key(seed), sg.EulerMaruyama.make(sde, dt),
-                                    sg.Interval.make(-r, r), [0.0], 40000, 30 * exact,
-                                    correction="gobet")
-        means.append(res.estimate.mean)
-        ses.append(half_width(res.estimate))
-    extrapolated = 2 * means[1] - means[0]
-    se = math.sqrt(4 * ses[1] ** 2 + ses[0] ** 2)
-    assert abs(extrapolated - exact) < Z999 * se, (extrapolated, exact, se)
+    runs = exits_at_dt_and_half(sde, sg.Interval.make(-r, r), [0.0], 40000, 30 * exact, (3, 4))
+    assert_richardson_covers(*runs, exact)
 
 
 def test_three_point_increments_agree_with_gaussian_within_cis():
@@ -240,16 +245,9 @@ def test_isotropic_ball_exit_in_3d_matches_radial_mfpt():
     exact = th.mean_exit_time(lambda R: -h * R + (d - 1) * diff / R, lambda R: diff + 0 * R,
                               0.0, r, 0.0)
     sde = sg.SDE.make(sg.Quadratic.make(h, dim=d), sg.Isotropic.make(sigma2), LR, B)
-    means, ses = [], []
-    for dt, seed in ((0.01, 12), (0.005, 13)):
-        res = sg.measure_exit_times(jax.random.key(seed), sg.EulerMaruyama.make(sde, dt),
-                                    sg.Ball.make(np.zeros(d), r), np.zeros(d), 20000,
-                                    20 * exact, correction="gobet")
-        means.append(res.estimate.mean)
-        ses.append(half_width(res.estimate))
-    extrapolated = 2 * means[1] - means[0]
-    se = math.sqrt(4 * ses[1] ** 2 + ses[0] ** 2)
-    assert abs(extrapolated - exact) < Z999 * se, (extrapolated, exact, se)
+    runs = exits_at_dt_and_half(sde, sg.Ball.make(np.zeros(d), r), np.zeros(d), 20000,
+                                20 * exact, (12, 13))
+    assert_richardson_covers(*runs, exact)
 
 
 def test_d_dimensional_landscapes_and_noises_run():
