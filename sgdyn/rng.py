@@ -47,17 +47,22 @@ def key_words(key) -> tuple[jax.Array, jax.Array]:
 
 
 def threefry_words(key, particle_ids, first_counter, n_calls: int) -> jax.Array:
-    """uint32 words of shape (len(particle_ids), 2 * n_calls) for counters first_counter + c."""
+    """uint32 words of shape (2 * n_calls, N): Threefry of (particle id, first_counter + c).
+
+    Word-major layout: each word is one contiguous row over the particles, which keeps the
+    per-step slices contiguous and the step's arithmetic vectorised.
+    """
     k0, k1 = key_words(key)
-    hi = jnp.broadcast_to(particle_ids.astype(jnp.uint32)[:, None], (particle_ids.shape[0], n_calls))
-    lo = (jnp.asarray(first_counter, jnp.uint32) + jnp.arange(n_calls, dtype=jnp.uint32))[None, :]
-    lo = jnp.broadcast_to(lo, hi.shape)
+    n = particle_ids.shape[0]
+    hi = jnp.broadcast_to(particle_ids.astype(jnp.uint32)[None, :], (n_calls, n))
+    lo = jnp.asarray(first_counter, jnp.uint32) + jnp.arange(n_calls, dtype=jnp.uint32)
+    lo = jnp.broadcast_to(lo[:, None], hi.shape)
     # Under vmap (a parameter sweep) only some operands get batched, and the CPU lowering of
     # threefry needs all four of one shape: tie them together with a zero of lo's shape.
     zero = lo ^ lo  # data-dependent, so vmap batches it like lo
     hi, k0, k1, lo = hi + zero, k0 + zero, k1 + zero, lo + zero
     a, b = threefry2x32_p.bind(k0, k1, hi, lo)
-    return jnp.concatenate([a, b], axis=-1)
+    return jnp.concatenate([a, b], axis=0)
 
 
 def plan(spec: NoiseSpec) -> tuple[int, int]:
@@ -90,9 +95,9 @@ def _decode(kind, words, n_index=None):
 
 
 def take(words: jax.Array, substep, spec: NoiseSpec):
-    """The values of step ``substep`` within a tick, one array per part of ``spec``.
+    """The values of step ``substep`` within a tick, one (N, count) array per part of ``spec``.
 
-    ``words`` has shape (..., W), the output of ``threefry_words`` for one tick; ``substep``
+    ``words`` has shape (W, N), the output of ``threefry_words`` for one tick; ``substep``
     may be a traced integer (ticks with many steps run them in a loop, not unrolled).
     """
     out = []
@@ -100,12 +105,12 @@ def take(words: jax.Array, substep, spec: NoiseSpec):
     for kind, count in spec.parts:
         if kind == "two_point":
             pos = bit + jnp.arange(count)
-            w = jnp.take(words, pos // 32, axis=-1)
-            sign = (w >> (pos % 32).astype(jnp.uint32)) & jnp.uint32(1)
+            w = jnp.take(words, pos // 32, axis=0)
+            sign = (w >> (pos % 32).astype(jnp.uint32)[:, None]) & jnp.uint32(1)
             dtype = jnp.zeros(()).dtype
-            out.append(sign.astype(dtype) * 2 - 1)
+            out.append((sign.astype(dtype) * 2 - 1).T)
         else:
-            w = jax.lax.dynamic_slice_in_dim(words, bit // 32, count, axis=-1)
-            out.append(w if kind == "word" else _decode(kind, w))
+            w = jax.lax.dynamic_slice_in_dim(words, bit // 32, count, axis=0)
+            out.append((w if kind == "word" else _decode(kind, w)).T)
         bit += BITS[kind] * count
     return tuple(out)
