@@ -18,7 +18,8 @@ from . import theory
 from .ensemble import ExitRecord, SampleRecord, simulate_exits, simulate_samples
 from .estimators import ExitEstimate, exit_time_estimate, kaplan_meier
 from .landscapes import DoubleWell, KramersWell, Quadratic, Reparametrized, StyblinskiTang
-from .measure import ExitResult, measure_exit_times, stack, sweep_exit_times
+from .measure import (ExitResult, measure_exit_times, sample_stationary, stack,
+                      sweep_exit_times)
 from .noise import HessianNoise, Isotropic, PLDLocal, PLDLoss
 from .problems import (LeastSquares, SyntheticPLD, gradient_noise_covariance,
                        pld_parameters)

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import _checks
 from .ensemble import (RUNNING, ExitRecord, _spec_with_uniform, _Walk, advance_exits,
-                       exit_record, init_walk, simulate_exits)
+                       exit_record, init_walk, simulate_exits, simulate_samples)
 from .checkpoint import Checkpoint, fingerprint
 from .estimators import ExitEstimate, exit_time_estimate
 from .regions import CORRECTIONS, check_start
@@ -198,3 +198,29 @@ def sweep_exit_times(key, dynamics, regions, x0, n_particles: int, t_max, *, cor
 def stack(items):
     """Stack a list of same-structure pytrees (dynamics, landscapes) along a new leading axis."""
     return jax.tree.map(lambda *a: jnp.stack([jnp.asarray(x) for x in a]), *items)
+
+
+_samples = jax.jit(simulate_samples, static_argnames=("n_particles", "burn_in", "n_samples",
+                                                       "thin"))
+
+
+def sample_stationary(key, dynamic, x0, n_particles: int, burn_in: int, n_samples: int = 1,
+                      thin: int = 1):
+    """Long-run samples: the ensemble after ``burn_in`` steps, then every ``thin`` steps.
+
+    Validates its arguments, then runs the jitted ``simulate_samples``. Returns
+    (samples of shape (n_samples, n_particles, d), diverged mask of shape (n_particles,)).
+    Diverged particles (NaN/inf, |x| > 1e8) are frozen and flagged; drop them before fitting.
+    Memory is n_samples * n_particles * d numbers; steps are rounded up to whole ticks.
+    """
+    n_particles = _checks.positive_int("n_particles", n_particles)
+    n_samples = _checks.positive_int("n_samples", n_samples)
+    thin = _checks.positive_int("thin", thin)
+    if isinstance(burn_in, bool) or not isinstance(burn_in, (int, np.integer)) or burn_in < 0:
+        raise ValueError(f"burn_in must be an integer >= 0 (steps), got {burn_in!r}")
+    _checks.finite("x0", x0)
+    x0 = np.atleast_1d(np.asarray(x0, float))
+    if x0.shape != (dynamic.dim,):
+        raise ValueError(f"x0 must have shape ({dynamic.dim},), got {x0.shape}")
+    rec = _samples(key, dynamic, jnp.asarray(x0), n_particles, int(burn_in), n_samples, thin)
+    return np.asarray(rec.x), np.asarray(rec.diverged)

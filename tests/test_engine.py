@@ -226,10 +226,9 @@ def test_pld_long_run_samples_pass_ks_against_student_t():
     h, lr, b, sigma_g, sigma_h = 1.0, 0.1, 1, 1.0, 5.0  # kappa = 3, nu = 5
     sde = sg.SDE.make(sg.Quadratic.make(h), sg.PLDLocal.make(sigma_g, sigma_h), lr, b)
     dyn = sg.EulerMaruyama.make(sde, 0.005)
-    rec = jax.jit(sg.simulate_samples, static_argnums=(3, 4, 5, 6))(
-        jax.random.key(11), dyn, jnp.zeros(1), 20000, 8000, 1, 1)
-    x = np.asarray(rec.x[0, :, 0], float)
-    assert not rec.diverged.any()
+    samples, diverged = sg.sample_stationary(jax.random.key(11), dyn, [0.0], 20000, burn_in=8000)
+    x = samples[0, :, 0].astype(float)
+    assert not diverged.any()
     d, p = stats.kstest(x, th.pld_student_t(h, lr, b, sigma_g, sigma_h).cdf)
     assert p > 1e-3, (d, p)
     # and a Gaussian of the same variance is rejected (the tails are real)
