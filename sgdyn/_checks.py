@@ -72,8 +72,10 @@ def choice(name: str, value: Any, options: Iterable[str]) -> str:
 
 
 def not_above(name: str, value: float, limit_name: str, limit: float) -> None:
-    """``value <= limit`` with a message naming both, e.g. dt <= lr."""
-    if float(value) > float(limit) * (1 + 1e-12):
+    """``value <= limit`` with a message naming both, e.g. dt <= lr.
+
+    A relative slack of 1e-6 lets dt = lr pass when lr was stored in float32."""
+    if float(value) > float(limit) * (1 + 1e-6):
         raise ValueError(f"{name} must be <= {limit_name} ({limit}), got {value}")
 
 

@@ -191,3 +191,17 @@ class Reparametrized(Landscape):
 
     def curvature_at_minimum(self):
         return self.scale**2 * self.base.curvature_at_minimum()
+
+    # finite-sum problems: l_i'(x) = l_i(scale * x), so minibatch SGD runs on the sharper copy
+    @property
+    def n(self):
+        return self.base.n  # AttributeError when the base is not a finite sum
+
+    def example_loss(self, x, i):
+        return self.base.example_loss(self.scale * x, i)
+
+    def batch_grad(self, x, idx):
+        return self.scale * self.base.batch_grad(self.scale * x, idx)
+
+    def example_grads(self, x):
+        return jax.vmap(lambda i: self.batch_grad(x, i[None]))(jnp.arange(self.n))

@@ -10,7 +10,8 @@ driver therefore runs in segments and, whenever at most a quarter of the particl
 running, *compacts*: it keeps only the running ones (padded to a multiple of 256) and goes on.
 Particles keep their stream index, so compaction changes no result, only the cost (about
 N * mean instead of N * mean * ln N particle-steps), at the price of one compilation per
-array size (sizes fall by 4 each time, down to ``min_bucket``). ``sweep_exit_times`` does the same for a stack of dynamics (e.g. eight
+array size (sizes fall by 4 each time, down to ``min_bucket``; runs of fewer than
+4 * min_bucket particles are not compacted). ``sweep_exit_times`` does the same for a stack of dynamics (e.g. eight
 sharpness values) in one compiled call.
 """
 
@@ -107,7 +108,7 @@ def _run_compacting(key, dynamic, region, x0, ids, t_max, correction, ticks_per_
 
 def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, correction=None,
                        chunk_size: int | None = None, confidence: float = 0.95,
-                       ticks_per_block: int = 32, min_bucket: int = 2048,
+                       ticks_per_block: int = 32, min_bucket: int = 512,
                        checkpoint=None) -> ExitResult:
     """Exit times of ``n_particles`` runs of ``dynamic`` from ``region`` (see simulate_exits).
 

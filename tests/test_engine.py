@@ -331,3 +331,14 @@ def test_divergent_particles_are_counted_apart():
 def test_bad_arguments_raise_before_compiling(call, name):
     with pytest.raises((ValueError, TypeError), match=name):
         call()
+
+
+def test_reparametrized_finite_sum_scales_noise_like_theory():
+    """w -> lambda w: h, sigma_g scale as lambda^2 and sigma_H as lambda^4 (THEORY.md sec. 4)."""
+    base = sg.SyntheticPLD.make(sg.Quadratic.make(1.5), 2.0, 3.0, 100, seed=4)
+    sharp = sg.Reparametrized.make(base, 2.0)
+    sg_, sh_ = (float(v) for v in sg.pld_parameters(sharp))
+    assert sg_ == pytest.approx(8.0, rel=1e-5) and sh_ == pytest.approx(48.0, rel=1e-5)
+    assert float(sharp.curvature_at_minimum()) == pytest.approx(6.0)
+    sgd = sg.MinibatchSGD.make(sharp, 0.05, 4)  # real SGD runs on the sharper copy
+    assert sgd.step(jnp.ones(1), (jnp.arange(4, dtype=jnp.uint32),)).shape == (1,)

@@ -1,14 +1,12 @@
 """Property-based checks (hypothesis) over random valid parameters, and CI coverage rates."""
 
 import math
-import warnings
 
 import jax
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scipy import stats
 
 import sgdyn as sg
 from sgdyn import theory as th

@@ -1,7 +1,6 @@
 """Interruption, reproducibility and argument checking across the library."""
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import pytest
 
 import sgdyn as sg
 from sgdyn.checkpoint import Checkpoint, fingerprint

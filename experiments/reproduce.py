@@ -1,0 +1,75 @@
+"""Regenerate every figure in figures/ from nothing: the four theory experiments (sharp_flat,
+barrier, tails, discretization) and the large-batch training experiment.
+
+    python experiments/reproduce.py            # full run -> figures/*.png + *.json (~15-20 min)
+    python experiments/reproduce.py --quick    # everything small -> results/reproduce_quick/
+
+Each figure gets a JSON beside it with the plotted numbers, flags, seeds, package versions and
+run time. Same machine, same seed: the same numbers.
+"""
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+
+from sgdyn.cli import Parser, Progress, run_main  # noqa: E402
+from sgdyn.experiments import EXPERIMENTS  # noqa: E402
+from sgdyn.experiments.common import script_main  # noqa: E402
+
+ALL = (*EXPERIMENTS, "large_batch")
+
+
+def _names(text):
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in ALL]
+    if bad:
+        raise ValueError(f"unknown experiment(s) {bad}; choose from {', '.join(ALL)}")
+    return names
+
+
+def main(argv=None) -> dict:
+    p = Parser(prog="reproduce.py", description=__doc__.strip().splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="run everything small (for the tests)")
+    p.add_argument("--out", default=None, help="output folder (default figures/, or "
+                                               "results/reproduce_quick with --quick)")
+    p.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {ALL}")
+    p.add_argument("--skip", default="", help="comma-separated experiments to leave out")
+    p.add_argument("--quiet", action="store_true", help="no per-stage progress lines")
+    ns = p.parse_args(argv)
+    skip = _names(ns.skip)
+    names = [n for n in _names(ns.only) if n not in skip]
+    out = Path(ns.out) if ns.out else (ROOT / "results" / "reproduce_quick" if ns.quick
+                                       else ROOT / "figures")
+    t0 = time.perf_counter()
+    progress = Progress(len(names), "reproduce", quiet=ns.quiet)
+    results, times = {}, {}
+    for name in names:
+        start = time.perf_counter()
+        if name == "large_batch":
+            import large_batch  # experiments/large_batch.py
+
+            if ns.quick:  # its quick run writes to a temporary folder, not over the figures
+                with tempfile.TemporaryDirectory() as tmp:
+                    results[name] = large_batch.main(["--quick", "--out", tmp])
+            else:
+                results[name] = large_batch.main(["--out", str(out)])
+        else:
+            argv_ = ["--out", str(out)] + (["--quick"] if ns.quick else []) + (
+                ["--quiet"] if ns.quiet else [])
+            results[name] = script_main(name, argv_)
+        times[name] = time.perf_counter() - start
+        progress.step(f"{name} done in {times[name]:.0f} s")
+    total = time.perf_counter() - t0
+    if not ns.quiet:
+        print("run times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
+              + f"; total {total:.0f} s ({total / 60:.1f} min)", flush=True)
+    return {"results": results, "run_time_s": times, "total_s": total, "out": str(out)}
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
