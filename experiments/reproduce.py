@@ -6,7 +6,13 @@ barrier, tails, discretization) and the large-batch training experiment.
 
 Each figure gets a JSON beside it with the plotted numbers, flags, seeds, package versions and
 run time. Same machine, same seed: the same numbers.
+
+Interrupted runs resume: after each experiment a progress file (<out>/.reproduce_progress.json)
+records it as done; re-running the same command (even after kill -9) skips what is done and
+runs the rest, and a complete run removes the file. --fresh ignores it.
 """
+
+import json
 
 import sys
 import tempfile
@@ -20,6 +26,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from sgdyn.cli import Parser, Progress, run_main  # noqa: E402
 from sgdyn.experiments import EXPERIMENTS  # noqa: E402
 from sgdyn.experiments.common import script_main  # noqa: E402
+from sgdyn.io import write_json  # noqa: E402
 
 ALL = (*EXPERIMENTS, "large_batch")
 
@@ -40,6 +47,8 @@ def main(argv=None) -> dict:
     p.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {ALL}")
     p.add_argument("--skip", default="", help="comma-separated experiments to leave out")
     p.add_argument("--quiet", action="store_true", help="no per-stage progress lines")
+    p.add_argument("--fresh", action="store_true",
+                   help="ignore the progress of an interrupted run and start over")
     ns = p.parse_args(argv)
     skip = _names(ns.skip)
     names = [n for n in _names(ns.only) if n not in skip]
@@ -48,7 +57,18 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     progress = Progress(len(names), "reproduce", quiet=ns.quiet)
     results, times = {}, {}
+    marker = out / ".reproduce_progress.json"
+    run_id = {"quick": ns.quick, "names": names}
+    done = []
+    if marker.exists() and not ns.fresh:
+        saved = json.loads(marker.read_text())
+        if saved.get("run") == run_id:
+            done = [n for n in saved.get("done", []) if (out / f"{n}.json").exists()]
     for name in names:
+        if name in done:
+            results[name] = json.loads((out / f"{name}.json").read_text())
+            progress.step(f"{name} already done before the interruption: kept")
+            continue
         start = time.perf_counter()
         if name == "large_batch":
             import large_batch  # experiments/large_batch.py
@@ -63,7 +83,10 @@ def main(argv=None) -> dict:
                 ["--quiet"] if ns.quiet else [])
             results[name] = script_main(name, argv_)
         times[name] = time.perf_counter() - start
+        done.append(name)
+        write_json(marker, {"run": run_id, "done": done})
         progress.step(f"{name} done in {times[name]:.0f} s")
+    marker.unlink(missing_ok=True)
     total = time.perf_counter() - t0
     if not ns.quiet:
         print("run times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items())

@@ -91,3 +91,34 @@ def test_result_files_are_written_atomically_and_readable(tmp_path):
     assert json.loads(path.read_text()) == {"x": 1.5, "arr": [0, 1]}
     assert oct(path.stat().st_mode & 0o777) != oct(0o600)
     assert not list(tmp_path.glob("*.partial"))
+
+
+def _plotted(path):
+    res = json.loads(Path(path).read_text())
+    return {k: v for k, v in res.items() if k not in ("provenance", "run_time_s", "outputs")}
+
+
+def test_reproduce_resumes_after_kill_with_the_same_numbers(tmp_path):
+    script = ROOT / "experiments" / "reproduce.py"
+    out = tmp_path / "resumed"
+    cmd = [sys.executable, str(script), "--quick", "--quiet", "--only", "barrier,tails",
+           "--out", str(out)]
+    marker = out / ".reproduce_progress.json"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not marker.exists():
+        time.sleep(0.05)
+    assert proc.poll() is None, "reproduce finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads(marker.read_text())["done"] == ["barrier"]
+    first_barrier = (out / "barrier.json").stat().st_mtime_ns
+    assert not (out / "tails.json").exists()
+
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    assert (out / "barrier.json").stat().st_mtime_ns == first_barrier  # kept, not recomputed
+    assert not marker.exists()  # a complete run clears its progress
+    fresh = tmp_path / "fresh"
+    subprocess.run([*cmd[:-1], str(fresh)], check=True, capture_output=True, timeout=300)
+    for name in ("barrier", "tails"):
+        assert _plotted(out / f"{name}.json") == _plotted(fresh / f"{name}.json")
