@@ -52,7 +52,8 @@ def _spec_with_uniform(spec: NoiseSpec, extra_uniform: bool) -> NoiseSpec:
 
 
 def _diverged(x, bound):
-    return ~jnp.all(jnp.isfinite(x), axis=-1) | jnp.any(jnp.abs(x) > bound, axis=-1)
+    # one comparison per coordinate: NaN <= bound is False, so NaN and inf count as diverged
+    return ~jnp.all(jnp.abs(x) <= bound, axis=-1)
 
 
 def _tick(key, dynamic, ids, walk: _Walk, spec: NoiseSpec, visit):

@@ -6,12 +6,11 @@ its random stream), and returns the per-particle record with a censoring-aware e
 
 Escape times are roughly exponential, so the last of N particles leaves about ln N mean times
 after the start; stepping all N until then wastes most of the work on finished particles. The
-driver therefore runs in segments and, whenever at most a quarter of the particles are still
-running, *compacts*: it keeps only the running ones (padded to a multiple of 256) and goes on.
-Particles keep their stream index, so compaction changes no result, only the cost (about
-N * mean instead of N * mean * ln N particle-steps), at the price of one compilation per
-array size (sizes fall by 4 each time, down to ``min_bucket``; runs of fewer than
-4 * min_bucket particles are not compacted). ``sweep_exit_times`` does the same for a stack of dynamics (e.g. eight
+driver therefore runs in segments and, whenever at most half of the particles are still
+running, *compacts*: it keeps only the running ones, padded to the next power of two, and goes
+on. Particles keep their stream index, so compaction changes no result, only the cost (about
+1.4 N * mean instead of N * mean * ln N particle-steps), at the price of one compilation per
+array size; the sizes are powers of two (>= ``min_bucket``), so later runs reuse them. ``sweep_exit_times`` does the same for a stack of dynamics (e.g. eight
 sharpness values) in one compiled call.
 """
 
@@ -86,15 +85,15 @@ def _run_compacting(key, dynamic, region, x0, ids, t_max, correction, ticks_per_
         tick = int(walk.tick)
         finished = (not running.any()) or tick * spec_steps >= max_steps
         size = st.shape[0]
-        if finished or (size >= 4 * min_bucket and running.sum() * 4 <= size):
+        target = max(min_bucket, 1 << int(max(running.sum(), 1) - 1).bit_length())
+        if finished or target < size:
             real = slot >= 0
             status[slot[real]] = st[real]
             exit_step[slot[real]] = np.asarray(walk.exit_step)[real]
             if finished:
                 break
             keep = np.flatnonzero(running)
-            new_size = max(min_bucket, -(-keep.size // 256) * 256)
-            pad = np.full(new_size - keep.size, keep[0])
+            pad = np.full(target - keep.size, keep[0])
             take = np.concatenate([keep, pad])
             slot = np.concatenate([slot[keep], np.full(pad.size, -1)])
             new_status = np.concatenate([st[keep], np.full(pad.size, PAD, np.int8)])

@@ -103,7 +103,11 @@ def take(words: jax.Array, substep, spec: NoiseSpec):
     out = []
     bit = substep * spec.bits
     for kind, count in spec.parts:
-        if kind == "two_point":
+        if kind == "two_point" and count == 1:  # the 1-D walk: a slice and a shift, no gather
+            w = jax.lax.dynamic_slice_in_dim(words, bit // 32, 1, axis=0)
+            sign = (w >> (bit % 32).astype(jnp.uint32)) & jnp.uint32(1)
+            out.append((sign.astype(jnp.zeros(()).dtype) * 2 - 1).T)
+        elif kind == "two_point":
             pos = bit + jnp.arange(count)
             w = jnp.take(words, pos // 32, axis=0)
             sign = (w >> (pos % 32).astype(jnp.uint32)[:, None]) & jnp.uint32(1)

@@ -1,0 +1,54 @@
+"""Hardware ceilings on this machine, all inside ``lax.scan`` like a simulation's time loop:
+
+- Gaussian random numbers per second (``jax.random.normal``, a fresh key split per step);
+- random bits per second (``jax.random.bits``, uint32 words);
+- particle-steps per second of one step's arithmetic alone (the dynamic's ``step`` with a
+  deterministic +-1 increment instead of noise: no random numbers at all).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .alternatives import timed
+
+
+def gaussians_per_second(n=100_000, steps=200, repeats=3):
+    @jax.jit
+    def run(key):
+        def body(acc, k):
+            return acc + jax.random.normal(k, (n,)), None
+
+        return jax.lax.scan(body, jnp.zeros(n), jax.random.split(key, steps))[0]
+
+    _, t = timed(run, jax.random.key(0), repeats=repeats)
+    return n * steps / t
+
+
+def bits_per_second(n=100_000, steps=400, repeats=3):
+    @jax.jit
+    def run(key):
+        def body(acc, k):
+            return acc ^ jax.random.bits(k, (n,), jnp.uint32), None
+
+        return jax.lax.scan(body, jnp.zeros(n, jnp.uint32), jax.random.split(key, steps))[0]
+
+    _, t = timed(run, jax.random.key(0), repeats=repeats)
+    return 32 * n * steps / t
+
+
+def arithmetic_steps_per_second(dynamic, n=100_000, steps=2000, repeats=3):
+    """Particle-steps/s of ``dynamic.step`` alone (increments +-1 alternating by step)."""
+    d = dynamic.dim
+
+    @jax.jit
+    def run(dyn, x):
+        def body(x, i):
+            xi = jnp.where(i % 2 == 0, 1.0, -1.0) * jnp.ones(d, x.dtype)
+            return jax.vmap(lambda xx: dyn.step(xx, (xi,)))(x), None
+
+        return jax.lax.scan(body, x, jnp.arange(steps))[0]
+
+    _, t = timed(run, dynamic, jnp.zeros((n, d)), repeats=repeats)
+    return n * steps / t

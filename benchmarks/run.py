@@ -1,0 +1,540 @@
+"""sgdyn against the tools researchers use today, side by side, on the machine it runs on.
+
+    python benchmarks/run.py [--quick] [--out benchmarks/results/cpu.json] [--skip memory,...]
+
+Prints one table and writes it (with every raw number) as JSON. Sections:
+
+  ceilings   Gaussian random numbers/s and random bits/s inside lax.scan; one step's
+             arithmetic alone (no randomness) in particle-steps/s.
+  throughput (a) fixed-step particle-steps/s, 1-D PLD and 100-D PLD: sgdyn (Gaussian and
+             two-point increments), NumPy, diffrax vmapped per particle (VirtualBrownianTree as
+             documented, and UnsafeBrownianPath), diffrax with one ensemble state.
+  exit       (b) time to estimate the mean exit time of the 1-D PLD and of Langevin to within
+             2% of the exact value (|estimate - exact| + 95% CI half-width <= 2%; each tool's
+             estimate is checked against sgdyn.theory before its time counts).
+  sweep      (c) the same for the PLD swept over 8 sharpness values in one call.
+  memory     peak RSS of 1e6 particles for 1e5 steps against 1e3 steps (subprocesses).
+  sharding   the exit task on 2 forced host devices (subprocess) against 1 device.
+  training   MNIST-1D MLP, several seeds under vmap against the same seeds one after another.
+
+Times are wall-clock seconds. "time to estimate" includes compilation (what a user waits);
+throughputs exclude it (median of repeats after a warm-up call). On a shared machine the
+absolute numbers are noisy; the ratios within one run are what the targets are about.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import sgdyn as sg  # noqa: E402
+from benchmarks import alternatives as alt  # noqa: E402
+from benchmarks import ceilings  # noqa: E402
+from benchmarks.problems import LANGEVIN1, PLD1, PLD1_BASIN, PLD100  # noqa: E402
+
+TOLERANCE = 0.02  # task (b): |estimate - exact| + CI half-width <= 2% of exact
+
+FULL = dict(
+    n=100_000,
+    thr_steps={"pld1_basin": (640, 6400), "pld100": (8, 64)},  # (gaussian, two_point) sgdyn steps
+    alt_steps={"pld1_basin": 200, "pld100": 4},
+    alt_n={"numpy": {"pld1_basin": 100_000, "pld100": 10_000},
+           "diffrax_vmap_virtual": {"pld1_basin": 2_000, "pld100": 200},
+           "diffrax_vmap_unsafe": {"pld1_basin": 20_000, "pld100": 2_000},
+           "diffrax_ensemble": {"pld1_basin": 100_000, "pld100": 10_000}},
+    exit={"pld1": dict(dt=0.02, n=80_000), "langevin1": dict(dt=0.01, n=80_000)},
+    sweep=dict(dt=0.02, n=80_000, scales=list(np.linspace(0.95, 1.15, 8))),
+    tolerance=TOLERANCE,
+    memory=dict(n=1_000_000, steps=(1_000, 100_000)),
+    sharding=dict(n=200_000, dt=0.04),
+    training=dict(seeds=8, epochs=2, batch_size=32),
+)
+QUICK = dict(
+    n=4_000,
+    thr_steps={"pld1_basin": (64, 640), "pld100": (2, 64)},
+    alt_steps={"pld1_basin": 20, "pld100": 2},
+    alt_n={"numpy": {"pld1_basin": 4_000, "pld100": 400},
+           "diffrax_vmap_virtual": {"pld1_basin": 100, "pld100": 20},
+           "diffrax_vmap_unsafe": {"pld1_basin": 400, "pld100": 40},
+           "diffrax_ensemble": {"pld1_basin": 4_000, "pld100": 400}},
+    exit={"pld1": dict(dt=0.04, n=1_500), "langevin1": dict(dt=0.04, n=1_500)},
+    sweep=dict(dt=0.04, n=600, scales=[1.0, 1.15]),
+    tolerance=0.25,
+    warm=False,  # no second timed estimate (keeps the smoke test short)
+    memory=dict(n=20_000, steps=(100, 1_000)),
+    sharding=dict(n=4_000, dt=0.04),
+    training=dict(seeds=2, epochs=1, batch_size=256),
+)
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- ceilings
+
+def run_ceilings(cfg):
+    n = cfg["n"]
+    out = {"n": n,
+           "gaussians_per_s": ceilings.gaussians_per_second(n),
+           "random_bits_per_s": ceilings.bits_per_second(n)}
+    for p in (PLD1_BASIN, PLD100):
+        dyn = sg.EulerMaruyama.make(p.sgdyn_sde(), 0.01)
+        steps = 2000 if p.dim == 1 else 20
+        out[f"arithmetic_{p.name}_particle_steps_per_s"] = ceilings.arithmetic_steps_per_second(
+            dyn, n, steps if cfg is FULL else max(2, steps // 20))
+    return out
+
+
+# ----------------------------------------------------------------------------- (a)
+
+_samples = jax.jit(sg.simulate_samples, static_argnums=(3, 4, 5, 6))
+
+
+def sgdyn_throughput(problem, increments, n, steps, dt=0.01):
+    dyn = sg.EulerMaruyama.make(problem.sgdyn_sde(), dt, increments)
+    rec, t = alt.timed(_samples, jax.random.key(0), dyn, jnp.zeros(problem.dim), n, steps, 1, 1,
+                       repeats=3)
+    assert np.all(np.isfinite(np.asarray(rec.x))) and not np.asarray(rec.diverged).any()
+    return float(n * (int(rec.burn_in_steps) + int(rec.thin_steps)) / t)
+
+
+def run_throughput(cfg):
+    rows = []
+    dt = 0.01
+    for p in (PLD1_BASIN, PLD100):
+        g_steps, w_steps = cfg["thr_steps"][p.name]
+        for inc, steps in (("gaussian", g_steps), ("two_point", w_steps)):
+            r = sgdyn_throughput(p, inc, cfg["n"], steps, dt)
+            rows.append(dict(problem=p.name, tool=f"sgdyn ({inc})", n=cfg["n"], steps=steps,
+                             particle_steps_per_s=r))
+            log(rows[-1])
+        steps = cfg["alt_steps"][p.name]
+        n = cfg["alt_n"]["numpy"][p.name]
+        alt.numpy_steps(p, min(n, 1000), 2, dt)
+        t0 = time.perf_counter()
+        alt.numpy_steps(p, n, steps, dt)
+        rows.append(dict(problem=p.name, tool="numpy", n=n, steps=steps,
+                         particle_steps_per_s=n * steps / (time.perf_counter() - t0)))
+        log(rows[-1])
+        for tool, make in (
+            ("diffrax_vmap_virtual", lambda n: alt.diffrax_vmap_solver(
+                p, n, dt, steps * dt, event=False, brownian="virtual")),
+            ("diffrax_vmap_unsafe", lambda n: alt.diffrax_vmap_solver(
+                p, n, dt, steps * dt, event=False, brownian="unsafe")),
+            ("diffrax_ensemble", lambda n: alt.diffrax_ensemble_solver(
+                p, n, dt, steps * dt, exits=False)),
+        ):
+            n = cfg["alt_n"][tool][p.name]
+            _, t = alt.timed(make(n), jax.random.key(0), repeats=3)
+            rows.append(dict(problem=p.name, tool=tool, n=n, steps=steps,
+                             particle_steps_per_s=n * steps / t))
+            log(rows[-1])
+    return rows
+
+
+# ----------------------------------------------------------------------------- (b), (c)
+
+def judge(est, exact, tol):
+    """Accuracy of an estimate: |mean - exact| + 95% half-width, relative to exact."""
+    hw = (est.ci[1] - est.ci[0]) / 2
+    err = (abs(est.mean - exact) + hw) / exact
+    return dict(mean=est.mean, exact=exact, rel_error=(est.mean - exact) / exact,
+                rel_half_width=hw / exact, accuracy=err, accurate=bool(err <= tol),
+                n_escaped=est.n_escaped, n_censored=est.n_censored, method=est.method)
+
+
+def _estimate(time_, escaped):
+    time_, escaped = np.asarray(time_, float), np.asarray(escaped, bool)
+    return sg.exit_time_estimate(time_, escaped, ~escaped)
+
+
+def exit_tools(problem, dt, n):
+    """{tool: seed -> ExitEstimate} for one exit problem; alternatives censor at 3x the exact
+    mean (a user who knows the answer's scale; the censoring-aware estimator handles the
+    rest), sgdyn runs until every particle has left (compaction makes that cheap). Each
+    callable compiles on its first call only."""
+    exact = problem.exact
+    t_alt = 3 * exact
+    dyn = sg.EulerMaruyama.make(problem.sgdyn_sde(), dt)
+    region = sg.Threshold(problem.exit_point)
+    vmapped = alt.diffrax_vmap_solver(problem, n, dt, t_alt, brownian="unsafe")
+    ensemble = alt.diffrax_ensemble_solver(problem, n, dt, t_alt)
+    return {
+        "sgdyn": lambda seed: sg.measure_exit_times(jax.random.key(seed), dyn, region, [0.0], n,
+                                                    20 * exact).estimate,
+        "numpy": lambda seed: _estimate(*alt.numpy_exits(problem, n, dt, t_alt, seed)),
+        "diffrax_vmap_unsafe": lambda seed: _estimate(*jax.device_get(vmapped(
+            jax.random.key(seed)))),
+        "diffrax_ensemble": lambda seed: _estimate(*jax.device_get(ensemble(
+            jax.random.key(seed)))),
+    }
+
+
+def run_exit(cfg):
+    """Cold time (first call: compilation included, what a user waits for one estimate) and
+    warm time (a second estimate with a new seed: compiled code reused). Both estimates are
+    checked against the exact value."""
+    rows = []
+    for p in (PLD1, LANGEVIN1):
+        c = cfg["exit"][p.name]
+        exact = p.exact
+        for tool, fn in exit_tools(p, c["dt"], c["n"]).items():
+            t0 = time.perf_counter()
+            est = fn(0)
+            t = time.perf_counter() - t0
+            row = dict(problem=p.name, tool=tool, dt=c["dt"], n=c["n"], seconds=t,
+                       **judge(est, exact, cfg["tolerance"]))
+            if tool != "numpy" and cfg.get("warm", True):
+                t0 = time.perf_counter()
+                est2 = fn(1)
+                row["warm_seconds"] = time.perf_counter() - t0
+                row["warm_check"] = judge(est2, exact, cfg["tolerance"])
+                row["accurate"] = row["accurate"] and row["warm_check"]["accurate"]
+            else:
+                row["warm_seconds"] = t  # nothing to compile
+            rows.append(row)
+            log(rows[-1])
+    return rows
+
+
+def run_sweep(cfg):
+    c = cfg["sweep"]
+    probs = [PLD1.sharper(s) for s in c["scales"]]
+    exacts = [p.exact for p in probs]
+    dt, n = c["dt"], c["n"]
+    dyns = [sg.EulerMaruyama.make(p.sgdyn_sde(), dt) for p in probs]
+    regions = [sg.Threshold(p.exit_point) for p in probs]
+    t_alt = [3 * e for e in exacts]
+    key = jax.random.key(0)
+
+    def sg_sweep():
+        return [r.estimate for r in sg.sweep_exit_times(key, dyns, regions, [0.0], n, t_alt)]
+
+    def sg_loop():
+        return [sg.measure_exit_times(key, d, r, [0.0], n, 20 * e).estimate
+                for d, r, e in zip(dyns, regions, exacts)]
+
+    def np_loop():
+        return [_estimate(*r) for r in alt.numpy_sweep(probs, n, dt, t_alt)]
+
+    def dfx_vmap():
+        t, esc = jax.device_get(alt.diffrax_sweep_vmap_solver(probs, n, dt, t_alt)(key))
+        return [_estimate(t[i], esc[i]) for i in range(len(probs))]  # (problem, particle)
+
+    def dfx_ens():
+        return [_estimate(*jax.device_get(alt.diffrax_ensemble_solver(p, n, dt, t)(key)))
+                for p, t in zip(probs, t_alt)]
+
+    rows = []
+    for tool, fn in (("sgdyn (sweep_exit_times, one call, censored at 3x)", sg_sweep),
+                     ("sgdyn (measure_exit_times per value, compaction)", sg_loop),
+                     ("numpy (loop)", np_loop), ("diffrax_vmap_unsafe (vmap over sweep)", dfx_vmap),
+                     ("diffrax_ensemble (loop)", dfx_ens)):
+        t0 = time.perf_counter()
+        ests = fn()
+        t = time.perf_counter() - t0
+        checks = [judge(e, x, cfg["tolerance"]) for e, x in zip(ests, exacts)]
+        rows.append(dict(tool=tool, dt=dt, n=n, seconds=t,
+                         worst_accuracy=max(ch["accuracy"] for ch in checks),
+                         accurate=all(ch["accurate"] for ch in checks), points=checks))
+        log({k: v for k, v in rows[-1].items() if k != "points"})
+    return dict(scales=c["scales"], exact=exacts, rows=rows)
+
+
+# ----------------------------------------------------------------------------- memory
+
+MEMORY_SCRIPT = r"""
+import resource, sys, jax, jax.numpy as jnp
+import sgdyn as sg
+n, steps = int(sys.argv[1]), int(sys.argv[2])
+sde = sg.SDE.make(sg.Quadratic.make(1.0), sg.Isotropic.make(1.0), 0.1, 1)
+dyn = sg.EulerMaruyama.make(sde, 0.01, "two_point")
+f = jax.jit(sg.simulate_samples, static_argnums=(3, 4, 5, 6))
+import time; t0 = time.perf_counter()
+rec = jax.block_until_ready(f(jax.random.key(0), dyn, jnp.zeros(1), n, steps, 1, 1))
+t = time.perf_counter() - t0
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, t, rec.burn_in_steps + rec.thin_steps)
+"""
+
+
+def run_memory(cfg):
+    n, (s_lo, s_hi) = cfg["memory"]["n"], cfg["memory"]["steps"]
+    out = {"n": n}
+    for steps in (s_lo, s_hi):
+        res = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(n), str(steps)],
+                             capture_output=True, text=True, env=_env(), check=True)
+        rss_kb, t, done = res.stdout.split()
+        out[f"steps_{steps}"] = dict(peak_rss_mb=int(rss_kb) / 1024, seconds=float(t),
+                                     steps_run=int(done))
+        log(out)
+    out["ratio"] = out[f"steps_{s_hi}"]["peak_rss_mb"] / out[f"steps_{s_lo}"]["peak_rss_mb"]
+    return out
+
+
+# ----------------------------------------------------------------------------- sharding
+
+SHARD_SCRIPT = r"""
+import json, sys, time, jax, numpy as np
+sys.path.insert(0, sys.argv[3])
+import sgdyn as sg
+from sgdyn import sharding
+from benchmarks.problems import PLD1
+n, dt = int(sys.argv[1]), float(sys.argv[2])
+dyn = sg.EulerMaruyama.make(PLD1.sgdyn_sde(), dt)
+args = (jax.random.key(0), dyn, sg.Threshold(PLD1.exit_point), [0.0], n, 20 * PLD1.exact)
+def timed(f):
+    f(*args)  # compile every bucket size
+    ts = []
+    for _ in range(3):
+        t0 = time.perf_counter(); r = f(*args); ts.append(time.perf_counter() - t0)
+    return r, float(np.median(ts))
+one_dev = sharding.particle_mesh(jax.devices()[:1])
+r1, t1 = timed(lambda *a: sharding.measure_exit_times_sharded(*a, mesh=one_dev))
+r2, t2 = timed(sharding.measure_exit_times_sharded)
+r0, t0 = timed(sg.measure_exit_times)
+same = all(np.array_equal(getattr(r0.record, f), getattr(r2.record, f))
+           for f in ("time", "escaped", "censored")) and all(
+           np.array_equal(getattr(r0.record, f), getattr(r1.record, f))
+           for f in ("time", "escaped", "censored"))
+print(json.dumps(dict(devices=jax.device_count(), n=n, dt=dt, seconds_measure_exit_times=t0,
+                      seconds_sharded_1_device=t1, seconds_sharded_2_devices=t2,
+                      speedup_2_vs_1=t1 / t2, identical=bool(same))))
+"""
+
+
+def _env(devices=None):
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    if devices:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                            + f" --xla_force_host_platform_device_count={devices}").strip()
+    return env
+
+
+def run_sharding(cfg):
+    c = cfg["sharding"]
+    res = subprocess.run([sys.executable, "-c", SHARD_SCRIPT, str(c["n"]), str(c["dt"]),
+                          str(ROOT)], capture_output=True, text=True, env=_env(2))
+    if res.returncode:
+        raise RuntimeError(res.stderr[-3000:])
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    log(out)
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+
+def run_training(cfg):
+    import optax
+
+    from sgdyn.train import MLP, mnist1d, train
+
+    c = cfg["training"]
+    data = mnist1d()
+    model = MLP(hidden=(100, 100), num_classes=10)
+    seeds = list(range(c["seeds"]))
+
+    def opt(lr, key):
+        return optax.sgd(lr)
+
+    kw = dict(lr=0.05, batch_size=c["batch_size"], epochs=c["epochs"], sharpness_iters=0)
+    train(model, data, opt, seeds=seeds, **kw)  # compile
+    train(model, data, opt, seeds=[0], **kw)
+    t0 = time.perf_counter()
+    together = train(model, data, opt, seeds=seeds, **kw)
+    t_vmap = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    alone = [train(model, data, opt, seeds=[s], **kw) for s in seeds]
+    t_loop = time.perf_counter() - t0
+    agree = max(float(np.max(np.abs(together.test_acc[:, i] - a.test_acc[:, 0])))
+                for i, a in enumerate(alone))
+    steps = together.steps_per_epoch * c["epochs"]
+    out = dict(seeds=len(seeds), epochs=c["epochs"], batch_size=c["batch_size"],
+               steps_per_seed=steps, seconds_vmap=t_vmap, seconds_loop=t_loop,
+               seed_steps_per_s_vmap=len(seeds) * steps / t_vmap,
+               seed_steps_per_s_loop=len(seeds) * steps / t_loop, speedup=t_loop / t_vmap,
+               max_test_acc_difference=agree,
+               final_test_acc=[float(v) for v in together.test_acc[-1]])
+    log(out)
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+def summarize(res):
+    """Targets of the performance issue, as ratios measured in this run."""
+    s = {}
+    c = res.get("ceilings")
+    thr = {(r["problem"], r["tool"]): r["particle_steps_per_s"] for r in res.get("throughput", [])}
+    if c and thr:
+        g = c["gaussians_per_s"]
+        s["a_gaussian_pld1_vs_rng_ceiling"] = thr[("pld1_basin", "sgdyn (gaussian)")] / g
+        s["a_gaussian_pld100_vs_rng_ceiling"] = 100 * thr[("pld100", "sgdyn (gaussian)")] / g
+        s["a_two_point_pld1_vs_arithmetic_ceiling"] = (
+            thr[("pld1_basin", "sgdyn (two_point)")] / c["arithmetic_pld1_basin_particle_steps_per_s"])
+        s["a_two_point_pld100_vs_arithmetic_ceiling"] = (
+            thr[("pld100", "sgdyn (two_point)")] / c["arithmetic_pld100_particle_steps_per_s"])
+    ex = {(r["problem"], r["tool"]): r for r in res.get("exit", [])}
+    for p in ("pld1", "langevin1"):
+        if (p, "sgdyn") in ex:
+            base = ex[(p, "sgdyn")]
+            for tool in ("diffrax_vmap_unsafe", "diffrax_ensemble", "numpy"):
+                if (p, tool) in ex:
+                    other = ex[(p, tool)]
+                    if not (base["accurate"] and other["accurate"]):
+                        s[f"b_{p}_speedup_vs_{tool}"] = "not counted (an estimate missed 2%)"
+                        continue
+                    s[f"b_{p}_speedup_vs_{tool}"] = other["seconds"] / base["seconds"]
+                    s[f"b_{p}_warm_speedup_vs_{tool}"] = (other["warm_seconds"]
+                                                          / base["warm_seconds"])
+            s[f"b_{p}_all_accurate"] = all(r["accurate"] for (q, _), r in ex.items() if q == p)
+    if "sweep" in res:
+        rows = {r["tool"].split(" ")[0] + (" loop" if "measure" in r["tool"] else ""): r
+                for r in res["sweep"]["rows"]}
+        ok = [rows[k]["seconds"] for k in ("sgdyn", "sgdyn loop") if rows[k]["accurate"]]
+        for tool in ("diffrax_vmap_unsafe", "diffrax_ensemble", "numpy"):
+            if ok and rows[tool]["accurate"]:
+                s[f"c_speedup_vs_{tool}"] = rows[tool]["seconds"] / min(ok)
+            else:
+                s[f"c_speedup_vs_{tool}"] = "not counted (an estimate missed 2%)"
+                s[f"c_uncounted_time_ratio_vs_{tool}"] = rows[tool]["seconds"] / min(
+                    rows["sgdyn"]["seconds"], rows["sgdyn loop"]["seconds"])
+        s["c_all_accurate"] = all(r["accurate"] for r in res["sweep"]["rows"])
+    if "memory" in res:
+        s["memory_ratio_long_vs_short"] = res["memory"]["ratio"]
+    if "sharding" in res:
+        s["sharding_speedup_2_devices"] = res["sharding"]["speedup_2_vs_1"]
+        s["sharding_identical"] = res["sharding"]["identical"]
+    if "training" in res:
+        s["training_vmap_speedup"] = res["training"]["speedup"]
+    return s
+
+
+def table(res):
+    lines = [f"sgdyn benchmark on {res['machine']}  ({'quick' if res['quick'] else 'full'})"]
+    if "ceilings" in res:
+        c = res["ceilings"]
+        lines += ["", "Ceilings (inside lax.scan, n = %d)" % c["n"],
+                  f"  Gaussian random numbers/s        {c['gaussians_per_s']:.3g}",
+                  f"  random bits/s                    {c['random_bits_per_s']:.3g}",
+                  f"  arithmetic only, pld1 (p-steps/s) {c['arithmetic_pld1_basin_particle_steps_per_s']:.3g}",
+                  f"  arithmetic only, pld100          {c['arithmetic_pld100_particle_steps_per_s']:.3g}"]
+    if "throughput" in res:
+        lines += ["", "(a) Fixed-step throughput (particle-steps/s)",
+                  f"  {'problem':8s} {'tool':24s} {'n':>8s} {'steps':>6s} {'p-steps/s':>10s}"]
+        for r in res["throughput"]:
+            lines.append(f"  {r['problem']:8s} {r['tool']:24s} {r['n']:8d} {r['steps']:6d} "
+                         f"{r['particle_steps_per_s']:10.3g}")
+    if "exit" in res:
+        lines += ["", "(b) Time to the mean exit time within %.0f%% (|err| + 95%% half-width)"
+                  % (100 * res["config"]["tolerance"]),
+                  f"  {'problem':9s} {'tool':20s} {'dt':>5s} {'n':>7s} {'cold s':>8s} "
+                  f"{'warm s':>7s} {'mean':>8s} {'exact':>8s} {'err%':>6s} {'hw%':>5s} ok"]
+        for r in res["exit"]:
+            lines.append(f"  {r['problem']:9s} {r['tool']:20s} {r['dt']:5.3g} {r['n']:7d} "
+                         f"{r['seconds']:8.2f} {r['warm_seconds']:7.2f} {r['mean']:8.3f} {r['exact']:8.3f} "
+                         f"{100 * r['rel_error']:+6.2f} {100 * r['rel_half_width']:5.2f} "
+                         f"{'yes' if r['accurate'] else 'NO'}")
+    if "sweep" in res:
+        lines += ["", "(c) PLD exit time over 8 sharpness values (scale %s), exact %s" % (
+            ", ".join(f"{s:.3g}" for s in res["sweep"]["scales"]),
+            ", ".join(f"{e:.3g}" for e in res["sweep"]["exact"]))]
+        for r in res["sweep"]["rows"]:
+            lines.append(f"  {r['tool']:52s} {r['seconds']:8.2f} s  worst {100 * r['worst_accuracy']:.2f}%"
+                         f"  {'ok' if r['accurate'] else 'NOT ACCURATE'}")
+    if "memory" in res:
+        m = res["memory"]
+        lines += ["", f"Memory, n = {m['n']}: " + ", ".join(
+            f"{k}: {v['peak_rss_mb']:.0f} MB ({v['seconds']:.1f} s)" for k, v in m.items()
+            if k.startswith("steps_")) + f"; ratio {m['ratio']:.2f}"]
+    if "sharding" in res:
+        h = res["sharding"]
+        lines += ["", f"Sharding (2 forced host devices, n = {h['n']}): 1 device "
+                  f"{h['seconds_sharded_1_device']:.2f} s, 2 devices "
+                  f"{h['seconds_sharded_2_devices']:.2f} s (x{h['speedup_2_vs_1']:.2f}), "
+                  f"measure_exit_times {h['seconds_measure_exit_times']:.2f} s, identical: "
+                  f"{h['identical']}"]
+    if "training" in res:
+        t = res["training"]
+        lines += ["", f"Training MNIST-1D MLP, {t['seeds']} seeds x {t['steps_per_seed']} steps: "
+                  f"vmap {t['seconds_vmap']:.2f} s, loop {t['seconds_loop']:.2f} s "
+                  f"(x{t['speedup']:.2f})"]
+    lines += ["", "Targets (ratios in this run):"]
+    lines += [f"  {k:45s} {v:.3g}" if isinstance(v, float) else f"  {k:45s} {v}"
+              for k, v in res["summary"].items()]
+    return "\n".join(lines)
+
+
+SECTIONS = {"ceilings": run_ceilings, "throughput": run_throughput, "exit": run_exit,
+            "sweep": run_sweep, "memory": run_memory, "sharding": run_sharding,
+            "training": run_training}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds): a smoke test")
+    ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    ap.add_argument("--only", default="", help="comma-separated sections to run")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip")
+    ap.add_argument("--report", type=Path, help="only reprint (and rewrite to --out) the table "
+                    "and summary of an existing results JSON")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other sections of an existing --out file (rerun some only)")
+    args = ap.parse_args(argv)
+    if args.report:
+        res = json.loads(args.report.read_text())
+        res["summary"] = summarize(res)
+        print(table(res))
+        if args.out:
+            args.out.write_text(json.dumps(res, indent=1, default=float))
+        return res
+    cfg = QUICK if args.quick else FULL
+    only = [s for s in args.only.split(",") if s] or list(SECTIONS)
+    skip = {s for s in args.skip.split(",") if s}
+    res = dict(machine=f"{platform.node()} {platform.processor() or platform.machine()}, "
+                       f"{os.cpu_count()} CPUs, jax {jax.__version__} "
+                       f"{jax.devices()[0].platform} x{jax.device_count()}",
+               quick=args.quick, config={k: v for k, v in cfg.items()},
+               started=time.strftime("%Y-%m-%d %H:%M:%S"))
+    if args.merge and args.out and args.out.exists():
+        old = json.loads(args.out.read_text())
+        for name in SECTIONS:
+            if name in old and name not in only:
+                res[name] = old[name]
+                res.setdefault("section_seconds", {})[name] = old["section_seconds"][name]
+        res["merged_from_run_started"] = old.get("started")
+    t0 = time.perf_counter()
+    for name in only:
+        if name in skip:
+            continue
+        log(f"== {name}")
+        t = time.perf_counter()
+        res[name] = SECTIONS[name](cfg)
+        res.setdefault("section_seconds", {})[name] = time.perf_counter() - t
+    res["total_seconds"] = time.perf_counter() - t0
+    res["summary"] = summarize(res)
+    text = table(res)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=1, default=float))
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""A small version of the benchmark (benchmarks/run.py --quick): every tool runs, every
+exit-time estimate is checked against the exact value, the JSON is written. No timing
+assertions (the machine may be shared)."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+pytest.importorskip("diffrax")
+
+from benchmarks import alternatives as alt  # noqa: E402
+from benchmarks import run as bench  # noqa: E402
+from benchmarks.problems import LANGEVIN1, PLD1, PLD1_BASIN, PLD100  # noqa: E402
+
+
+def test_problems_match_sgdyn_classes():
+    """The shared drift/noise formulas are the SDEs that sgdyn simulates."""
+    import jax.numpy as jnp
+
+    for p in (PLD1, LANGEVIN1, PLD1_BASIN, PLD100):
+        sde = p.sgdyn_sde()
+        x = np.linspace(-0.7, 1.4, 3 * p.dim).reshape(3, p.dim) / np.sqrt(p.dim)
+        for xi in x:
+            np.testing.assert_allclose(p.drift(xi), np.asarray(sde.drift(jnp.asarray(xi))),
+                                       rtol=1e-5, atol=1e-6)
+            g = np.asarray(sde.diffusion(jnp.asarray(xi)))
+            np.testing.assert_allclose(np.broadcast_to(np.ravel(p.noise(xi)), np.ravel(g).shape),
+                                       np.ravel(g), rtol=1e-5)
+
+
+def test_quick_benchmark_runs_and_every_estimate_is_accurate(tmp_path):
+    out = tmp_path / "quick.json"
+    res = bench.main(["--quick", "--out", str(out), "--skip", "memory,sharding,training"])
+    saved = json.loads(out.read_text())
+    assert set(saved["summary"]) == set(res["summary"])
+    thr = res["throughput"]
+    assert {r["tool"] for r in thr} >= {"sgdyn (gaussian)", "sgdyn (two_point)", "numpy",
+                                        "diffrax_vmap_virtual", "diffrax_ensemble"}
+    assert all(r["particle_steps_per_s"] > 0 for r in thr)
+    for r in res["exit"]:
+        assert r["accurate"], r  # within the quick tolerance of the exact mean exit time
+    for r in res["sweep"]["rows"]:
+        assert r["accurate"], r
+    assert res["ceilings"]["gaussians_per_s"] > 0
+
+
+def test_alternatives_agree_on_exit_times():
+    """Same scheme, same dt: the alternatives' exit times agree with sgdyn's within noise."""
+    dt, n, t_max = 0.04, 1000, 3 * PLD1.exact
+    ests = {
+        "numpy": bench._estimate(*alt.numpy_exits(PLD1, n, dt, t_max, 1)),
+        "ensemble": bench._estimate(*alt.diffrax_ensemble_solver(PLD1, n, dt, t_max)(
+            __import__("jax").random.key(1))),
+    }
+    for name, est in ests.items():
+        se = (est.ci[1] - est.ci[0]) / 2 / 1.96
+        assert abs(est.mean - PLD1.exact) < 3.3 * se + 0.01 * PLD1.exact, (name, est)

@@ -1,0 +1,59 @@
+"""Sharded exit simulation (sgdyn.sharding) against one device: bit-identical records.
+
+Runs in a subprocess with two forced host devices, so it works on any CPU machine.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(r"""
+    import jax, numpy as np
+    import sgdyn as sg
+    from sgdyn import sharding
+
+    assert jax.device_count() == 2, jax.devices()
+    fields = ("time", "escaped", "diverged", "censored")
+
+    def same(a, b):
+        for f in fields:
+            assert np.array_equal(getattr(a, f), getattr(b, f)), f
+
+    # OU exit from an interval: some particles censored, compaction happens (min_bucket small)
+    ou = sg.SDE.make(sg.Quadratic.make(1.0), sg.Isotropic.make(1.0), lr=1.0, batch_size=1)
+    for inc, corr, n in (("gaussian", "gobet", 5001), ("two_point", None, 3000),
+                         ("gaussian", "bridge", 2500)):
+        dyn = sg.EulerMaruyama.make(ou, 0.01, inc)
+        args = (jax.random.key(5), dyn, sg.Interval.make(-1.0, 1.0), [0.0], n, 2.0)
+        one = sg.measure_exit_times(*args, correction=corr, min_bucket=256)
+        two = sharding.measure_exit_times_sharded(*args, correction=corr, min_bucket=256)
+        same(one.record, two.record)
+        assert one.estimate == two.estimate
+        assert 0 < one.estimate.n_censored < n
+        kernel = sharding.simulate_exits_sharded(*args, correction=corr)
+        same(one.record, kernel)
+
+    # a 2-D Kramers-like problem with real SGD (word noise) and the exit kernel
+    land = sg.KramersWell.make(4.0, 4.0, 0.3)
+    sgd = sg.MinibatchSGD.make(sg.SyntheticPLD.make(land, 2.0, 4.0, 50, seed=1), 0.1, 1)
+    args = (jax.random.key(1), sgd, sg.Threshold(1.3), [0.0], 1024, 50.0)
+    same(sg.measure_exit_times(*args, min_bucket=256).record,
+         sharding.measure_exit_times_sharded(*args, min_bucket=256).record)
+
+    # the arrays really are split over both devices
+    mesh = sharding.particle_mesh()
+    assert mesh.devices.size == 2
+    x = sharding._put(mesh, np.zeros((8, 1)))
+    assert len({s.device for s in x.addressable_shards}) == 2
+    print("OK")
+""")
+
+
+def test_sharded_equals_one_device():
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
+                          + " --xla_force_host_platform_device_count=2").strip())
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr
