@@ -118,12 +118,14 @@ def hill_on_student_t(nu, n, k, seed, reps=5):
     return float(np.mean(vals))
 
 
-def kesten_index(multipliers):
-    """alpha > 0 with mean |A|^alpha = 1 over the sample of multipliers A (inf if none)."""
+def kesten_index(multipliers, weights=None):
+    """alpha > 0 with E|A|^alpha = 1 for the multipliers A (a sample, or values with
+    ``weights``); 0 when E log|A| >= 0 (the chain is not even stable), inf if alpha > 1e3."""
     log_a = np.log(np.abs(multipliers))
-    f = lambda a: np.log(np.mean(np.exp(a * log_a)))  # noqa: E731
-    if np.mean(log_a) >= 0:
-        return 0.0  # not even stable: the chain diverges
+    w = np.full(log_a.shape, 1 / log_a.size) if weights is None else weights / np.sum(weights)
+    f = lambda a: np.log(np.sum(w * np.exp(a * log_a)))  # noqa: E731
+    if np.sum(w * log_a) >= 0:
+        return 0.0
     hi = 1.0
     while f(hi) < 0:
         hi *= 2
@@ -145,17 +147,7 @@ def sgd_chain_kesten(problem, lr, h, b, seed, draws=400000):
 def em_chain_kesten(h, lr, b, sigma_h, dt):
     """Kesten index of the PLD's Euler chain at step dt: A = 1 - h dt + sqrt(dt lr sigma_H/b) xi."""
     xi = np.linspace(-8, 8, 40001)
-    w = stats.norm.pdf(xi)
-    w /= w.sum()
-    a = 1 - h * dt + math.sqrt(dt * lr * sigma_h / b) * xi
-    log_a = np.log(np.abs(a))
-    f = lambda al: np.log(np.sum(w * np.exp(al * log_a)))  # noqa: E731
-    hi = 1.0
-    while f(hi) < 0:
-        hi *= 2
-        if hi > 1e3:
-            return math.inf
-    return float(optimize.brentq(f, 1e-6, hi, xtol=1e-10))
+    return kesten_index(1 - h * dt + math.sqrt(dt * lr * sigma_h / b) * xi, stats.norm.pdf(xi))
 
 
 # ----------------------------------------------------------------------------------- runs
