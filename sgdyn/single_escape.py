@@ -16,14 +16,20 @@ from .measure import measure_exit_times
 from .regions import Ball, Threshold
 
 
+def theory_noise(cfg: dict) -> tuple[str, dict]:
+    """The ``sgdyn.theory`` noise family of the run's dynamics, with its parameters."""
+    noise = THEORY_NOISE[cfg["dynamics"]]
+    params = ({"sigma2": cfg["sigma2"]} if noise in ("langevin", "hessian")
+              else {"sigma_g": cfg["sigma_g"], "sigma_h": cfg["sigma_h"]})
+    return noise, params
+
+
 def theory_values(cfg: dict) -> dict:
     """Exact MFPT and the asymptotic formula for the Kramers well (THEORY.md section 4)."""
     if cfg["landscape"] != "kramers":
         return {}
     well = dict(h_min=cfg["h_min"], h_saddle=cfg["h_saddle"], barrier=cfg["barrier"])
-    noise = THEORY_NOISE[cfg["dynamics"]]
-    params = ({"sigma2": cfg["sigma2"]} if noise in ("langevin", "hessian")
-              else {"sigma_g": cfg["sigma_g"], "sigma_h": cfg["sigma_h"]})
+    noise, params = theory_noise(cfg)
     common = dict(lr=cfg["lr"], batch_size=cfg["batch_size"])
     out = {"exact_mean_exit_time": theory.kramers_exit_time(
         **well, **common, noise=noise, to=cfg["to"], n_lengths=cfg["n_lengths"], **params)}
@@ -48,9 +54,7 @@ def theory_values(cfg: dict) -> dict:
 
 def exit_region(cfg: dict, landscape):
     if cfg["landscape"] == "kramers":
-        noise = THEORY_NOISE[cfg["dynamics"]]
-        params = ({"sigma2": cfg["sigma2"]} if noise in ("langevin", "hessian")
-                  else {"sigma_g": cfg["sigma_g"], "sigma_h": cfg["sigma_h"]})
+        noise, params = theory_noise(cfg)
         n = 0.0 if cfg["to"] == "saddle" else cfg["n_lengths"]
         x = theory.kramers_escape_point(cfg["h_min"], cfg["h_saddle"], cfg["barrier"],
                                         lr=cfg["lr"], batch_size=cfg["batch_size"],
