@@ -51,6 +51,12 @@ def _spec_with_uniform(spec: NoiseSpec, extra_uniform: bool) -> NoiseSpec:
     return NoiseSpec(spec.parts + ((("uniform", 1),) if extra_uniform else ()))
 
 
+def exit_spec(dynamic, correction) -> NoiseSpec:
+    """What one step of an exit run consumes: the dynamic's noise, plus a uniform for the
+    Brownian-bridge test."""
+    return _spec_with_uniform(dynamic.noise_spec, correction == "bridge")
+
+
 def _diverged(x, bound):
     # one comparison per coordinate: NaN <= bound is False, so NaN and inf count as diverged
     return ~jnp.all(jnp.abs(x) <= bound, axis=-1)
@@ -94,7 +100,7 @@ def advance_exits(key, dynamic, region, walk: _Walk, ids, t_max, max_ticks, *, c
                   ticks_per_block: int = 32, divergence_bound=1e8) -> _Walk:
     """Step ``walk`` until all particles are done, t_max is reached, or ``max_ticks`` more ticks
     (rounded up to whole blocks) have run. ``ids`` are the particles' global stream indices."""
-    spec = _spec_with_uniform(dynamic.noise_spec, correction == "bridge")
+    spec = exit_spec(dynamic, correction)
     steps_per_tick = rng.plan(spec)[0]
     max_steps = _max_steps(dynamic, t_max)
     stop_tick = walk.tick + max_ticks

@@ -10,8 +10,10 @@ driver therefore runs in segments and, whenever at most half of the particles ar
 running, *compacts*: it keeps only the running ones, padded to the next power of two, and goes
 on. Particles keep their stream index, so compaction changes no result, only the cost (about
 1.4 N * mean instead of N * mean * ln N particle-steps), at the price of one compilation per
-array size; the sizes are powers of two (>= ``min_bucket``), so later runs reuse them. ``sweep_exit_times`` does the same for a stack of dynamics (e.g. eight
-sharpness values) in one compiled call.
+array size; the sizes are powers of two (>= ``min_bucket``), so later runs reuse them.
+``Slots`` keeps the host-side bookkeeping, shared with ``sgdyn.sharding``.
+``sweep_exit_times`` runs a stack of dynamics (e.g. eight sharpness values) in one compiled
+call, without compaction.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _checks
-from .ensemble import (RUNNING, ExitRecord, _spec_with_uniform, _Walk, advance_exits,
-                       exit_record, init_walk, simulate_exits, simulate_samples)
 from .checkpoint import Checkpoint, fingerprint
+from .ensemble import (RUNNING, ExitRecord, _Walk, advance_exits, exit_record, exit_spec,
+                       init_walk, simulate_exits, simulate_samples)
 from .estimators import ExitEstimate, exit_time_estimate
 from .regions import CORRECTIONS, check_start
 from .rng import plan
@@ -65,17 +67,69 @@ _record = jax.jit(exit_record)
 PAD = 3  # status of padding slots after compaction (neither running nor recorded)
 
 
+def to_numpy(record) -> ExitRecord:
+    """An ExitRecord (possibly on device) as numpy arrays and a float t_max."""
+    return ExitRecord(*(np.asarray(getattr(record, f)) for f in ExitRecord._fields[:-1]),
+                      float(record.t_max))
+
+
+def result(record: ExitRecord, confidence: float = 0.95) -> ExitResult:
+    """A numpy record with its censoring-aware estimate."""
+    return ExitResult(record, exit_time_estimate(record.time, record.escaped, record.censored,
+                                                 record.diverged, confidence))
+
+
+class Slots:
+    """Host-side bookkeeping of a compacting run: which particle each array slot holds
+    (-1 for padding) and the outcome of the particles that have finished."""
+
+    def __init__(self, n_particles: int, size: int | None = None):
+        size = n_particles if size is None else size
+        self.slot = np.where(np.arange(size) < n_particles, np.arange(size), -1)
+        self.status = np.zeros(n_particles, np.int8)
+        self.exit_step = np.zeros(n_particles, np.int64)
+
+    def statuses(self):
+        """Initial (or post-compaction) status of every slot: running, or padding."""
+        return np.where(self.slot >= 0, RUNNING, PAD).astype(np.int8)
+
+    def save(self, status, exit_step):
+        real = self.slot >= 0
+        self.status[self.slot[real]] = status[real]
+        self.exit_step[self.slot[real]] = exit_step[real]
+
+    def compact(self, running, size):
+        """Slot indices to keep, the running ones padded to ``size`` (the caller gathers them)."""
+        keep = np.flatnonzero(running)
+        take = np.concatenate([keep, np.full(size - keep.size, keep[0])])
+        self.slot = np.concatenate([self.slot[keep], np.full(size - keep.size, -1)])
+        return take
+
+    def record(self, dynamic, tick, t_max) -> ExitRecord:
+        final = _Walk(jnp.zeros((self.status.size, dynamic.dim)), jnp.asarray(self.status),
+                      jnp.asarray(self.exit_step, jnp.int32), jnp.asarray(tick, jnp.int32))
+        return to_numpy(_record(dynamic, final, t_max))
+
+
+def compacted_size(n_running: int, min_bucket: int, multiple: int = 1) -> int:
+    """The next power of two >= n_running (and >= min_bucket), rounded up to ``multiple``."""
+    size = max(min_bucket, 1 << int(max(n_running, 1) - 1).bit_length())
+    return -(-size // multiple) * multiple
+
+
+def run_limits(dynamic, t_max, correction) -> tuple[int, int]:
+    """(steps per tick, total steps before censoring) of an exit run, as host integers."""
+    return (plan(exit_spec(dynamic, correction))[0],
+            int(np.ceil(float(t_max) / float(dynamic.dt) - 1e-9)))
+
+
 def _run_compacting(key, dynamic, region, x0, ids, t_max, correction, ticks_per_block,
                     min_bucket):
     """Exit records for particles ``ids``, compacting the running ones as they thin out."""
-    n = ids.shape[0]
-    walk = init_walk(dynamic, jnp.asarray(x0), n)
-    slot = np.arange(n)  # which output row each array slot holds (-1: padding)
-    status = np.zeros(n, np.int8)
-    exit_step = np.zeros(n, np.int64)
+    slots = Slots(ids.shape[0])
+    walk = init_walk(dynamic, jnp.asarray(x0), ids.shape[0])
     ids = jnp.asarray(ids)
-    spec_steps = plan(_spec_with_uniform(dynamic.noise_spec, correction == "bridge"))[0]
-    max_steps = int(np.ceil(float(t_max) / float(dynamic.dt) - 1e-9))
+    steps_per_tick, max_steps = run_limits(dynamic, t_max, correction)
     seg_ticks = 64
     while True:
         walk = _advance(key, dynamic, region, walk, ids, t_max, seg_ticks, correction=correction,
@@ -83,26 +137,18 @@ def _run_compacting(key, dynamic, region, x0, ids, t_max, correction, ticks_per_
         st = np.asarray(walk.status)
         running = st == RUNNING
         tick = int(walk.tick)
-        finished = (not running.any()) or tick * spec_steps >= max_steps
-        size = st.shape[0]
-        target = max(min_bucket, 1 << int(max(running.sum(), 1) - 1).bit_length())
-        if finished or target < size:
-            real = slot >= 0
-            status[slot[real]] = st[real]
-            exit_step[slot[real]] = np.asarray(walk.exit_step)[real]
+        finished = (not running.any()) or tick * steps_per_tick >= max_steps
+        target = compacted_size(int(running.sum()), min_bucket)
+        if finished or target < st.shape[0]:
+            slots.save(st, np.asarray(walk.exit_step))
             if finished:
                 break
-            keep = np.flatnonzero(running)
-            pad = np.full(target - keep.size, keep[0])
-            take = np.concatenate([keep, pad])
-            slot = np.concatenate([slot[keep], np.full(pad.size, -1)])
-            new_status = np.concatenate([st[keep], np.full(pad.size, PAD, np.int8)])
-            walk = _Walk(walk.x[take], jnp.asarray(new_status), walk.exit_step[take], walk.tick)
+            take = slots.compact(running, target)
+            walk = _Walk(walk.x[take], jnp.asarray(slots.statuses()), walk.exit_step[take],
+                         walk.tick)
             ids = ids[take]
         seg_ticks = max(64, tick // 8)  # segments grow with the run: few host round trips
-    final = _Walk(jnp.zeros((n, dynamic.dim)), jnp.asarray(status), jnp.asarray(exit_step,
-                  jnp.int32), jnp.asarray(tick, jnp.int32))
-    return jax.device_get(_record(dynamic, final, t_max))
+    return slots.record(dynamic, tick, t_max)
 
 
 def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, correction=None,
@@ -139,11 +185,8 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
             checkpoint.save(tag, rec._asdict())
         parts.append(rec)
     record = ExitRecord(*(np.concatenate([getattr(p, f) for p in parts])
-                          for f in ("time", "escaped", "diverged", "censored")),
-                        t_max=float(parts[0].t_max))
-    est = exit_time_estimate(record.time, record.escaped, record.censored, record.diverged,
-                             confidence)
-    return ExitResult(record, est)
+                          for f in ExitRecord._fields[:-1]), t_max=float(parts[0].t_max))
+    return result(record, confidence)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -186,13 +229,7 @@ def sweep_exit_times(key, dynamics, regions, x0, n_particles: int, t_max, *, cor
     recs = jax.device_get(_sweep(key, stack(dynamics), stack(regions), jnp.asarray(np.stack(x0)),
                                  n_particles, jnp.asarray(t_max, float), correction,
                                  ticks_per_block))
-    out = []
-    for i in range(m):
-        rec = ExitRecord(*(np.asarray(getattr(recs, f)[i]) for f in
-                           ("time", "escaped", "diverged", "censored")), float(recs.t_max[i]))
-        out.append(ExitResult(rec, exit_time_estimate(rec.time, rec.escaped, rec.censored,
-                                                      rec.diverged, confidence)))
-    return out
+    return [result(to_numpy(jax.tree.map(lambda a: a[i], recs)), confidence) for i in range(m)]
 
 
 def stack(items):

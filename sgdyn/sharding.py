@@ -10,9 +10,10 @@ same numbers) with the ensemble split over a 1-D device mesh with ``jax.shard_ma
 - each device steps its own block of particles with the library's ``advance_exits`` and its own
   ``lax.while_loop`` (no cross-device communication inside a segment: a device whose particles
   have all left stops early);
-- between segments the host reads the statuses and, when at most a quarter of the particles
-  are still running, compacts: the running particles (with their global indices) are gathered
-  and dealt out evenly again over the devices, so the work stays balanced as particles leave.
+- between segments the host reads the statuses and compacts exactly as
+  ``sgdyn.measure_exit_times`` does (``sgdyn.measure.Slots``, power-of-two sizes, here also a
+  multiple of the device count): the running particles (with their global indices) are
+  gathered and dealt out evenly again over the devices, so the work stays balanced.
 
 ``simulate_exits_sharded`` is the one-compiled-call kernel (no compaction), like
 ``simulate_exits``.
@@ -58,14 +59,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .ensemble import RUNNING, ExitRecord, _spec_with_uniform, _Walk, advance_exits, exit_record
-from .estimators import exit_time_estimate
-from .measure import ExitResult, _validate
+from .ensemble import RUNNING, ExitRecord, _Walk, advance_exits
+from .measure import ExitResult, Slots, _validate, compacted_size, result, run_limits
 from .regions import check_start
-from .rng import plan
 
 AXIS = "particles"
-PAD = 3  # status of padding slots (neither running nor recorded), as in sgdyn.measure
 
 
 def particle_mesh(devices=None) -> Mesh:
@@ -115,30 +113,21 @@ def _put(mesh, value):
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
-def _round_up(n, m):
-    return -(-n // m) * m
-
-
 def _run(key, dynamic, region, x0, n_particles, t_max, correction, mesh, ticks_per_block,
          min_bucket, divergence_bound, compact):
     n_dev = mesh.devices.size
-    bucket = 256 * n_dev
     advance = _advance_fn(mesh, correction, int(ticks_per_block), float(divergence_bound))
     take_dev = _take_fn(mesh)
     dtype = jnp.zeros(()).dtype
 
-    size = _round_up(n_particles, n_dev)
-    slot = np.concatenate([np.arange(n_particles), np.full(size - n_particles, -1)])
-    ids_host = np.where(slot >= 0, slot, 0).astype(np.uint32)
+    size = -(-n_particles // n_dev) * n_dev  # every device holds the same number of slots
+    slots = Slots(n_particles, size)
     x = _put(mesh, np.broadcast_to(np.asarray(x0, dtype), (size, dynamic.dim)))
-    status = _put(mesh, np.where(slot >= 0, RUNNING, PAD).astype(np.int8))
+    status = _put(mesh, slots.statuses())
     exit_step = _put(mesh, np.zeros(size, np.int32))
-    ids = _put(mesh, ids_host)
-    out_status = np.zeros(n_particles, np.int8)
-    out_step = np.zeros(n_particles, np.int64)
+    ids = _put(mesh, np.maximum(slots.slot, 0).astype(np.uint32))
 
-    steps_per_tick = plan(_spec_with_uniform(dynamic.noise_spec, correction == "bridge"))[0]
-    max_steps = int(np.ceil(float(t_max) / float(dynamic.dt) - 1e-9))
+    steps_per_tick, max_steps = run_limits(dynamic, t_max, correction)
     tick, seg_ticks = 0, 64
     t_max_dev = jnp.asarray(t_max, dtype)
     while True:
@@ -152,31 +141,22 @@ def _run(key, dynamic, region, x0, n_particles, t_max, correction, mesh, ticks_p
         # particles all sit at the latest tick
         tick = int(_gather_to_host(ticks).max())
         finished = (not running.any()) or tick * steps_per_tick >= max_steps
-        size = st.shape[0]
-        if finished or (size >= 4 * min_bucket and running.sum() * 4 <= size):
-            real = slot >= 0
-            out_status[slot[real]] = st[real]
-            out_step[slot[real]] = _gather_to_host(exit_step)[real]
+        target = compacted_size(int(running.sum()), min_bucket, multiple=n_dev)
+        if finished or target < st.shape[0]:
+            slots.save(st, _gather_to_host(exit_step))
             if finished:
                 break
-            keep = np.flatnonzero(running)
-            new_size = max(_round_up(min_bucket, bucket), _round_up(keep.size, bucket))
-            take = np.concatenate([keep, np.full(new_size - keep.size, keep[0])])
-            slot = np.concatenate([slot[keep], np.full(new_size - keep.size, -1)])
-            idx = jnp.asarray(take, jnp.int32)
+            idx = jnp.asarray(slots.compact(running, target), jnp.int32)
             x, exit_step, ids = take_dev(x, idx), take_dev(exit_step, idx), take_dev(ids, idx)
-            status = _put(mesh, np.concatenate([st[keep],
-                                                np.full(new_size - keep.size, PAD, np.int8)]))
+            status = _put(mesh, slots.statuses())
         seg_ticks = max(64, tick // 8)
-    final = _Walk(jnp.zeros((n_particles, dynamic.dim)), jnp.asarray(out_status),
-                  jnp.asarray(out_step, jnp.int32), jnp.asarray(tick, jnp.int32))
-    return jax.device_get(jax.jit(exit_record)(dynamic, final, t_max))
+    return slots.record(dynamic, tick, t_max)
 
 
 def measure_exit_times_sharded(key, dynamic, region, x0, n_particles: int, t_max, *,
                                correction=None, mesh: Mesh | None = None,
                                confidence: float = 0.95, ticks_per_block: int = 32,
-                               min_bucket: int = 2048, divergence_bound=1e8) -> ExitResult:
+                               min_bucket: int = 512, divergence_bound=1e8) -> ExitResult:
     """``sgdyn.measure_exit_times`` with the particles split over ``mesh`` (default: all
     devices), compacting the running particles across devices as they thin out.
 
@@ -185,13 +165,8 @@ def measure_exit_times_sharded(key, dynamic, region, x0, n_particles: int, t_max
     n_particles, x0 = _validate(dynamic, region, x0, n_particles, t_max, correction, None)
     check_start(region, x0)
     mesh = particle_mesh() if mesh is None else mesh
-    rec = _run(key, dynamic, region, x0, n_particles, t_max, correction, mesh, ticks_per_block,
-               min_bucket, divergence_bound, compact=True)
-    record = ExitRecord(*(np.asarray(getattr(rec, f)) for f in
-                          ("time", "escaped", "diverged", "censored")), float(rec.t_max))
-    est = exit_time_estimate(record.time, record.escaped, record.censored, record.diverged,
-                             confidence)
-    return ExitResult(record, est)
+    return result(_run(key, dynamic, region, x0, n_particles, t_max, correction, mesh,
+                       ticks_per_block, min_bucket, divergence_bound, compact=True), confidence)
 
 
 def simulate_exits_sharded(key, dynamic, region, x0, n_particles: int, t_max, *,
@@ -202,7 +177,5 @@ def simulate_exits_sharded(key, dynamic, region, x0, n_particles: int, t_max, *,
     n_particles, x0 = _validate(dynamic, region, x0, n_particles, t_max, correction, None)
     check_start(region, x0)
     mesh = particle_mesh() if mesh is None else mesh
-    rec = _run(key, dynamic, region, x0, n_particles, t_max, correction, mesh, ticks_per_block,
-               2048, divergence_bound, compact=False)
-    return ExitRecord(*(np.asarray(getattr(rec, f)) for f in
-                        ("time", "escaped", "diverged", "censored")), float(rec.t_max))
+    return _run(key, dynamic, region, x0, n_particles, t_max, correction, mesh, ticks_per_block,
+                2048, divergence_bound, compact=False)
