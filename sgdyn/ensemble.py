@@ -27,7 +27,7 @@ from . import rng
 from .regions import exited
 from .rng import NoiseSpec
 
-RUNNING, ESCAPED, DIVERGED = 0, 1, 2
+RUNNING, ESCAPED, DIVERGED, PAD = 0, 1, 2, 3
 
 
 class ExitRecord(NamedTuple):
@@ -41,10 +41,25 @@ class ExitRecord(NamedTuple):
 
 
 class _Walk(NamedTuple):
-    x: jax.Array
-    status: jax.Array
-    exit_step: jax.Array
-    tick: jax.Array
+    """The slots of a run: each holds one particle (stream ``ids``) at ``age`` ticks since its
+    start. Ages are per slot, so a slot can be refilled with a new particle mid-run."""
+
+    x: jax.Array  # (N, d)
+    status: jax.Array  # (N,) int8: RUNNING, ESCAPED, DIVERGED or PAD (an empty slot)
+    exit_step: jax.Array  # (N,) int32, steps until the exit (0 while running)
+    age: jax.Array  # (N,) int32 ticks since the particle started
+    ids: jax.Array  # (N,) uint32 global particle index (selects the noise stream)
+
+
+class _Queue(NamedTuple):
+    """Particles waiting for a slot, ``next`` to ``end`` - 1, and the outcome of those that
+    have left their slot, indexed by particle id - ``first``."""
+
+    next: jax.Array  # () uint32
+    end: jax.Array  # () uint32
+    first: jax.Array  # () uint32
+    status: jax.Array  # (M,) int8
+    exit_step: jax.Array  # (M,) int32
 
 
 def _spec_with_uniform(spec: NoiseSpec, extra_uniform: bool) -> NoiseSpec:
@@ -62,82 +77,125 @@ def _diverged(x, bound):
     return ~jnp.all(jnp.abs(x) <= bound, axis=-1)
 
 
-def _tick(key, dynamic, ids, walk: _Walk, spec: NoiseSpec, visit):
+def _tick(key, dynamic, walk: _Walk, spec: NoiseSpec, visit):
     """Advance every particle through one tick (the steps one Threefry call per particle feeds).
 
     ``visit(walk, x_old, x_new, extra, step_index) -> walk`` folds one step into the state.
     """
     steps, calls = rng.plan(spec)
-    words = rng.threefry_words(key, ids, walk.tick * calls, calls)
+    words = rng.threefry_words(key, walk.ids, walk.age * calls, calls)
     step = jax.vmap(dynamic.step)
     n_dyn = len(dynamic.noise_spec.parts)
 
     def substep(s, w):
         noise = rng.take(words, s, spec)
         x_new = step(w.x, noise[:n_dyn])
-        return visit(w, w.x, x_new, noise[n_dyn:], walk.tick * steps + s)
+        return visit(w, w.x, x_new, noise[n_dyn:], walk.age * steps + s)
 
-    if steps <= 2:  # Gaussian increments: unroll the (at most two) steps
+    if steps <= 4:  # Gaussian or three-point increments: unroll the (at most four) steps
         for s in range(steps):
             walk = substep(s, walk)
     else:  # bit-packed increments: up to 64 steps per tick, in a loop to keep compiles small
         walk = jax.lax.fori_loop(0, steps, substep, walk)
-    return walk._replace(tick=walk.tick + 1)
+    return walk._replace(age=walk.age + 1)
 
 
-def init_walk(dynamic, x0, n_particles: int) -> _Walk:
-    """Every particle at x0, running, at tick 0."""
-    x0 = jnp.broadcast_to(jnp.asarray(x0, jnp.zeros(()).dtype), (n_particles, dynamic.dim))
-    return _Walk(x0, jnp.zeros(n_particles, jnp.int8), jnp.zeros(n_particles, jnp.int32),
-                 jnp.zeros((), jnp.int32))
+def init_walk(dynamic, x0, ids, running=None) -> _Walk:
+    """One slot per entry of ``ids``, each particle at x0, age 0; running (or, where
+    ``running`` is False, an empty PAD slot)."""
+    n = ids.shape[0]
+    x0 = jnp.broadcast_to(jnp.asarray(x0, jnp.zeros(()).dtype), (n, dynamic.dim))
+    status = (jnp.zeros(n, jnp.int8) if running is None
+              else jnp.where(running, RUNNING, PAD).astype(jnp.int8))
+    return _Walk(x0, status, jnp.zeros(n, jnp.int32), jnp.zeros(n, jnp.int32),
+                 jnp.asarray(ids, jnp.uint32))
 
 
 def _max_steps(dynamic, t_max):
     return jnp.ceil(t_max / dynamic.dt - 1e-9).astype(jnp.int32)
 
 
-def advance_exits(key, dynamic, region, walk: _Walk, ids, t_max, max_ticks, *, correction=None,
-                  ticks_per_block: int = 32, divergence_bound=1e8) -> _Walk:
-    """Step ``walk`` until all particles are done, t_max is reached, or ``max_ticks`` more ticks
-    (rounded up to whole blocks) have run. ``ids`` are the particles' global stream indices."""
+def active(walk: _Walk, steps_per_tick: int, max_steps) -> jax.Array:
+    """Slots whose particle is still inside and not yet at t_max."""
+    return (walk.status == RUNNING) & (walk.age * steps_per_tick < max_steps)
+
+
+def _refill(walk: _Walk, queue: _Queue, x0, live) -> tuple[_Walk, _Queue]:
+    """Every slot whose particle is done (``live`` False, slot not empty) hands its outcome to
+    the queue and takes the next waiting particle, while there is one."""
+    done = ~live & (walk.status != PAD)
+    new_id = queue.next + (jnp.cumsum(done) - 1).astype(jnp.uint32)
+    swap = done & (new_id < queue.end)
+    # a slot that gets no new particle keeps its outcome (the caller reads it from the slot)
+    out = jnp.where(swap, walk.ids - queue.first, queue.status.shape[0])  # out of range: dropped
+    queue = queue._replace(
+        next=queue.next + jnp.sum(swap).astype(jnp.uint32),
+        status=queue.status.at[out].set(walk.status, mode="drop"),
+        exit_step=queue.exit_step.at[out].set(walk.exit_step, mode="drop"))
+    walk = _Walk(x=jnp.where(swap[:, None], x0, walk.x),
+                 status=jnp.where(swap, RUNNING, walk.status).astype(jnp.int8),
+                 exit_step=jnp.where(swap, 0, walk.exit_step),
+                 age=jnp.where(swap, 0, walk.age),
+                 ids=jnp.where(swap, new_id, walk.ids))
+    return walk, queue
+
+
+def advance_exits(key, dynamic, region, walk: _Walk, t_max, *, queue: _Queue | None = None,
+                  x0=None, stop_below=0, correction=None, ticks_per_block: int = 32,
+                  divergence_bound=1e8) -> tuple[_Walk, _Queue | None]:
+    """Step the slots of ``walk`` until no particle is running.
+
+    With a ``queue``, after every block of ``ticks_per_block`` ticks each finished slot takes
+    the next waiting particle (started at ``x0``), so the array stays full until the queue is
+    empty; once it is, the loop also stops when at most ``stop_below`` particles are still
+    running (the caller then compacts them into a smaller array). A particle's noise and
+    exit step depend only on its id and age, never on its slot.
+    """
     spec = exit_spec(dynamic, correction)
     steps_per_tick = rng.plan(spec)[0]
     max_steps = _max_steps(dynamic, t_max)
-    stop_tick = walk.tick + max_ticks
 
     def visit(w, x_old, x_new, extra, k):
-        active = (w.status == RUNNING) & (k < max_steps)
+        live = (w.status == RUNNING) & (k < max_steps)
         bad = _diverged(x_new, divergence_bound)
         uniform = extra[0][:, 0] if extra else jnp.zeros(x_new.shape[0])
         out = jax.vmap(lambda a, b, u: exited(region, dynamic, a, b, u, correction))(
             x_old, x_new, uniform)
         new_status = jnp.where(bad, DIVERGED, jnp.where(out, ESCAPED, RUNNING))
-        done = active & (new_status != RUNNING)
+        done = live & (new_status != RUNNING)
         return w._replace(
-            x=jnp.where((active & ~bad)[:, None], x_new, w.x),
-            status=jnp.where(active, new_status, w.status).astype(jnp.int8),
+            x=jnp.where((live & ~bad)[:, None], x_new, w.x),
+            status=jnp.where(live, new_status, w.status).astype(jnp.int8),
             exit_step=jnp.where(done, k + 1, w.exit_step),
         )
 
-    def block(w):
+    def block(state):
+        w, q = state
+
         def body(w, _):
-            return _tick(key, dynamic, ids, w, spec, visit), None
+            return _tick(key, dynamic, w, spec, visit), None
 
-        return jax.lax.scan(body, w, None, length=ticks_per_block)[0]
+        w = jax.lax.scan(body, w, None, length=ticks_per_block)[0]
+        if q is not None:
+            w, q = _refill(w, q, x0, active(w, steps_per_tick, max_steps))
+        return w, q
 
-    def keep_going(w):
-        return (jnp.any(w.status == RUNNING) & (w.tick * steps_per_tick < max_steps)
-                & (w.tick < stop_tick))
+    def keep_going(state):
+        w, q = state
+        n_live = jnp.sum(active(w, steps_per_tick, max_steps))
+        if q is None:
+            return n_live > 0
+        return (n_live > 0) & ((q.next < q.end) | (n_live > stop_below))
 
-    return jax.lax.while_loop(keep_going, block, walk)
+    return jax.lax.while_loop(keep_going, block, (walk, queue))
 
 
-def exit_record(dynamic, walk: _Walk, t_max) -> ExitRecord:
-    """Per-particle exit times (or censoring times) from a finished walk."""
+def exit_record(dynamic, status, exit_step, t_max) -> ExitRecord:
+    """Per-particle exit times (or censoring times) from final statuses and exit steps."""
     t_cens = _max_steps(dynamic, t_max) * dynamic.dt
-    censored = walk.status == RUNNING
-    time = jnp.where(censored, t_cens, walk.exit_step * dynamic.dt)
-    return ExitRecord(time, walk.status == ESCAPED, walk.status == DIVERGED, censored, t_cens)
+    censored = status == RUNNING
+    time = jnp.where(censored, t_cens, exit_step * dynamic.dt)
+    return ExitRecord(time, status == ESCAPED, status == DIVERGED, censored, t_cens)
 
 
 def simulate_exits(key, dynamic, region, x0, n_particles: int, t_max, *, correction=None,
@@ -159,10 +217,10 @@ def simulate_exits(key, dynamic, region, x0, n_particles: int, t_max, *, correct
     Returns: an ``ExitRecord``.
     """
     ids = first_particle + jnp.arange(n_particles, dtype=jnp.uint32)
-    walk = advance_exits(key, dynamic, region, init_walk(dynamic, x0, n_particles), ids,
-                         t_max, jnp.iinfo(jnp.int32).max // 2, correction=correction,
-                         ticks_per_block=ticks_per_block, divergence_bound=divergence_bound)
-    return exit_record(dynamic, walk, t_max)
+    walk, _ = advance_exits(key, dynamic, region, init_walk(dynamic, x0, ids), t_max,
+                            correction=correction, ticks_per_block=ticks_per_block,
+                            divergence_bound=divergence_bound)
+    return exit_record(dynamic, walk.status, walk.exit_step, t_max)
 
 
 class SampleRecord(NamedTuple):
@@ -191,11 +249,11 @@ def simulate_samples(key, dynamic, x0, n_particles: int, burn_in: int, n_samples
 
     def advance(walk, n_ticks):
         def body(w, _):
-            return _tick(key, dynamic, ids, w, spec, visit), None
+            return _tick(key, dynamic, w, spec, visit), None
 
         return jax.lax.scan(body, walk, None, length=n_ticks)[0]
 
-    walk = init_walk(dynamic, x0, n_particles)
+    walk = init_walk(dynamic, x0, ids)
     walk = advance(walk, burn_ticks) if burn_ticks else walk
 
     def sample(w, _):

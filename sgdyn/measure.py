@@ -4,14 +4,10 @@ r"""One call from a dynamic to an exit-time measurement: validate, compile once,
 (in chunks of particles if asked: results are identical either way, since each particle owns
 its random stream), and returns the per-particle record with a censoring-aware estimate.
 
-Escape times are roughly exponential, so the last of N particles leaves about ln N mean times
-after the start; stepping all N until then wastes most of the work on finished particles. The
-driver therefore runs in segments and, whenever at most half of the particles are still
-running, *compacts*: it keeps only the running ones, padded to the next power of two, and goes
-on. Particles keep their stream index, so compaction changes no result, only the cost (about
-1.4 N * mean instead of N * mean * ln N particle-steps), at the price of one compilation per
-array size; the sizes are powers of two (>= ``min_bucket``), so later runs reuse them.
-``Slots`` keeps the host-side bookkeeping, shared with ``sgdyn.sharding``.
+Escape times are roughly exponential, so stepping all N particles until the last one leaves
+would waste most of the work on finished ones: ``sgdyn.runner`` refills the slots of finished
+particles with waiting ones and compacts the last stragglers (about N mean exit times of
+particle-steps in all, and a few compilations per process), without changing any number.
 ``sweep_exit_times`` runs a stack of dynamics (e.g. eight sharpness values) in one compiled
 call, without compaction.
 """
@@ -27,11 +23,10 @@ import numpy as np
 
 from . import _checks
 from .checkpoint import Checkpoint, fingerprint
-from .ensemble import (RUNNING, ExitRecord, _Walk, advance_exits, exit_record, exit_spec,
-                       init_walk, simulate_exits, simulate_samples)
+from .ensemble import ExitRecord, simulate_exits, simulate_samples
 from .estimators import ExitEstimate, exit_time_estimate
 from .regions import CORRECTIONS, check_start
-from .rng import plan
+from .runner import run_exits, to_numpy
 
 _STATIC = ("n_particles", "correction", "ticks_per_block")
 
@@ -61,117 +56,36 @@ def _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size):
     return n_particles, x0
 
 
-_ADV_STATIC = ("correction", "ticks_per_block")
-_advance = jax.jit(advance_exits, static_argnames=_ADV_STATIC)
-_record = jax.jit(exit_record)
-PAD = 3  # status of padding slots after compaction (neither running nor recorded)
-
-
-def to_numpy(record) -> ExitRecord:
-    """An ExitRecord (possibly on device) as numpy arrays and a float t_max."""
-    return ExitRecord(*(np.asarray(getattr(record, f)) for f in ExitRecord._fields[:-1]),
-                      float(record.t_max))
-
-
 def result(record: ExitRecord, confidence: float = 0.95) -> ExitResult:
     """A numpy record with its censoring-aware estimate."""
     return ExitResult(record, exit_time_estimate(record.time, record.escaped, record.censored,
                                                  record.diverged, confidence))
 
 
-class Slots:
-    """Host-side bookkeeping of a compacting run: which particle each array slot holds
-    (-1 for padding) and the outcome of the particles that have finished."""
-
-    def __init__(self, n_particles: int, size: int | None = None):
-        size = n_particles if size is None else size
-        self.slot = np.where(np.arange(size) < n_particles, np.arange(size), -1)
-        self.status = np.zeros(n_particles, np.int8)
-        self.exit_step = np.zeros(n_particles, np.int64)
-
-    def statuses(self):
-        """Initial (or post-compaction) status of every slot: running, or padding."""
-        return np.where(self.slot >= 0, RUNNING, PAD).astype(np.int8)
-
-    def save(self, status, exit_step):
-        real = self.slot >= 0
-        self.status[self.slot[real]] = status[real]
-        self.exit_step[self.slot[real]] = exit_step[real]
-
-    def compact(self, running, size):
-        """Slot indices to keep, the running ones padded to ``size`` (the caller gathers them)."""
-        keep = np.flatnonzero(running)
-        take = np.concatenate([keep, np.full(size - keep.size, keep[0])])
-        self.slot = np.concatenate([self.slot[keep], np.full(size - keep.size, -1)])
-        return take
-
-    def record(self, dynamic, tick, t_max) -> ExitRecord:
-        final = _Walk(jnp.zeros((self.status.size, dynamic.dim)), jnp.asarray(self.status),
-                      jnp.asarray(self.exit_step, jnp.int32), jnp.asarray(tick, jnp.int32))
-        return to_numpy(_record(dynamic, final, t_max))
-
-
-def compacted_size(n_running: int, min_bucket: int, multiple: int = 1) -> int:
-    """The next power of two >= n_running (and >= min_bucket), rounded up to ``multiple``."""
-    size = max(min_bucket, 1 << int(max(n_running, 1) - 1).bit_length())
-    return -(-size // multiple) * multiple
-
-
-def run_limits(dynamic, t_max, correction) -> tuple[int, int]:
-    """(steps per tick, total steps before censoring) of an exit run, as host integers."""
-    return (plan(exit_spec(dynamic, correction))[0],
-            int(np.ceil(float(t_max) / float(dynamic.dt) - 1e-9)))
-
-
-def _run_compacting(key, dynamic, region, x0, ids, t_max, correction, ticks_per_block,
-                    min_bucket):
-    """Exit records for particles ``ids``, compacting the running ones as they thin out."""
-    slots = Slots(ids.shape[0])
-    walk = init_walk(dynamic, jnp.asarray(x0), ids.shape[0])
-    ids = jnp.asarray(ids)
-    steps_per_tick, max_steps = run_limits(dynamic, t_max, correction)
-    seg_ticks = 64
-    while True:
-        walk = _advance(key, dynamic, region, walk, ids, t_max, seg_ticks, correction=correction,
-                        ticks_per_block=ticks_per_block)
-        st = np.asarray(walk.status)
-        running = st == RUNNING
-        tick = int(walk.tick)
-        finished = (not running.any()) or tick * steps_per_tick >= max_steps
-        target = compacted_size(int(running.sum()), min_bucket)
-        if finished or target < st.shape[0]:
-            slots.save(st, np.asarray(walk.exit_step))
-            if finished:
-                break
-            take = slots.compact(running, target)
-            walk = _Walk(walk.x[take], jnp.asarray(slots.statuses()), walk.exit_step[take],
-                         walk.tick)
-            ids = ids[take]
-        seg_ticks = max(64, tick // 8)  # segments grow with the run: few host round trips
-    return slots.record(dynamic, tick, t_max)
-
-
 def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, correction=None,
                        chunk_size: int | None = None, confidence: float = 0.95,
                        ticks_per_block: int = 32, min_bucket: int = 512,
-                       checkpoint=None) -> ExitResult:
+                       n_slots: int | None = None, checkpoint=None) -> ExitResult:
     """Exit times of ``n_particles`` runs of ``dynamic`` from ``region`` (see simulate_exits).
 
-    Particles are processed ``chunk_size`` at a time (default: all at once), compacting as
-    they leave; the record is identical for every chunk size and with or without compaction.
+    Particles are processed ``chunk_size`` at a time (default: all at once) through
+    ``n_slots`` slots (default ``sgdyn.runner.default_slots()``: 16384 on a CPU, 2^20 on an
+    accelerator), refilled as particles leave and compacted at the end (``sgdyn.runner``);
+    the record is identical for every chunk size, slot count and device count.
     With ``checkpoint`` (a folder or ``sgdyn.checkpoint.Checkpoint``) every finished chunk is
     saved, and a re-run with the same arguments resumes from the chunks already done.
     """
     n_particles, x0 = _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size)
     check_start(region, x0)
     _checks.positive_int("min_bucket", min_bucket)
+    if n_slots is not None:
+        _checks.positive_int("n_slots", n_slots)
     chunk = chunk_size or n_particles
     if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
         checkpoint = Checkpoint(checkpoint)
     parts = []
     for first in range(0, n_particles, chunk):
         n = min(chunk, n_particles - first)
-        ids = first + np.arange(n, dtype=np.uint32)
         tag = None
         if checkpoint is not None:
             tag = fingerprint(key, dynamic, region, x0, float(t_max), str(correction), first, n)
@@ -179,8 +93,8 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
             if saved is not None:
                 parts.append(ExitRecord(**{f: saved[f] for f in ExitRecord._fields}))
                 continue
-        rec = _run_compacting(key, dynamic, region, x0, ids, t_max, correction,
-                              ticks_per_block, min_bucket)
+        rec = run_exits(key, dynamic, region, x0, first, n, t_max, correction=correction,
+                        n_slots=n_slots, ticks_per_block=ticks_per_block, min_bucket=min_bucket)
         if checkpoint is not None:
             checkpoint.save(tag, rec._asdict())
         parts.append(rec)

@@ -9,10 +9,13 @@ Each Threefry call yields 64 bits; ``NoiseSpec`` says how a dynamic's step consu
     "uniform"      32 bits -> U(0, 1), 23-bit resolution, never 0 or 1
     "word"         32 bits, raw uint32 (e.g. minibatch indices as word mod n; bias < n / 2^32)
     "two_point"     1 bit  -> +-1 with probability 1/2 each (weak order-1 increments)
-    "three_point"  32 bits -> +-sqrt(3) w.p. 1/6 each, 0 w.p. 2/3 (matches 5 Gaussian moments)
+    "three_point"  16 bits -> +-a w.p. p = 10923/2^16 each, 0 otherwise, a = 1/sqrt(2p): mean 0,
+                            variance 1 and odd moments 0 exactly, fourth moment a^2 = 2.99991
+                            (the ideal +-sqrt(3) w.p. 1/6 needs p = 1/6, not a multiple of 2^-16)
 
 Cheap increments pack many steps into one Threefry call: a 1-D two-point walk gets 64 steps per
-call, where a Gaussian one gets 2.
+call, a three-point one 4, a Gaussian one 2. Values never share bits: a part of width w starts
+at a multiple of w, so a 32-bit part starts on a new word.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.random import threefry2x32_p
 
-BITS = {"normal": 32, "uniform": 32, "word": 32, "two_point": 1, "three_point": 32}
+BITS = {"normal": 32, "uniform": 32, "word": 32, "two_point": 1, "three_point": 16}
+_P3 = 10923  # three-point: P(+a) = P(-a) = _P3 / 2^16 (closest to 1/6)
 
 
 class NoiseSpec(NamedTuple):
@@ -33,9 +37,21 @@ class NoiseSpec(NamedTuple):
 
     parts: tuple
 
+    def offsets(self) -> tuple[tuple[int, ...], int]:
+        """(first bit of each part within a step, bits per step): each part aligned to its
+        value width, the step to the widest one, so no value straddles or shares a word."""
+        bit, offsets = 0, []
+        for kind, count in self.parts:
+            width = BITS[kind]
+            bit = -(-bit // width) * width
+            offsets.append(bit)
+            bit += width * count
+        widest = max((BITS[kind] for kind, _ in self.parts), default=1)
+        return tuple(offsets), -(-bit // widest) * widest
+
     @property
     def bits(self) -> int:
-        return sum(BITS[kind] * count for kind, count in self.parts)
+        return self.offsets()[1]
 
 
 def key_words(key) -> tuple[jax.Array, jax.Array]:
@@ -47,7 +63,8 @@ def key_words(key) -> tuple[jax.Array, jax.Array]:
 
 
 def threefry_words(key, particle_ids, first_counter, n_calls: int) -> jax.Array:
-    """uint32 words of shape (2 * n_calls, N): Threefry of (particle id, first_counter + c).
+    """uint32 words of shape (2 * n_calls, N): Threefry of (particle id, first_counter + c);
+    ``first_counter`` is one value or one per particle.
 
     Word-major layout: each word is one contiguous row over the particles, which keeps the
     per-step slices contiguous and the step's arithmetic vectorised.
@@ -55,8 +72,8 @@ def threefry_words(key, particle_ids, first_counter, n_calls: int) -> jax.Array:
     k0, k1 = key_words(key)
     n = particle_ids.shape[0]
     hi = jnp.broadcast_to(particle_ids.astype(jnp.uint32)[None, :], (n_calls, n))
-    lo = jnp.asarray(first_counter, jnp.uint32) + jnp.arange(n_calls, dtype=jnp.uint32)
-    lo = jnp.broadcast_to(lo[:, None], hi.shape)
+    first = jnp.broadcast_to(jnp.asarray(first_counter, jnp.uint32), (n,))  # one per particle
+    lo = first[None, :] + jnp.arange(n_calls, dtype=jnp.uint32)[:, None]
     # Under vmap (a parameter sweep) only some operands get batched, and the CPU lowering of
     # threefry needs all four of one shape: tie them together with a zero of lo's shape.
     zero = lo ^ lo  # data-dependent, so vmap batches it like lo
@@ -87,11 +104,23 @@ def _decode(kind, words, n_index=None):
         return jnp.sqrt(2.0).astype(dtype) * jax.lax.erf_inv(2 * u - 1)
     if kind == "uniform":
         return _uniform(words).astype(dtype)
-    if kind == "three_point":
-        lo, hi = np.uint32(2**32 // 6), np.uint32(2**32 - 2**32 // 6)
-        s3 = math.sqrt(3.0)
-        return jnp.where(words < lo, -s3, jnp.where(words >= hi, s3, 0.0)).astype(dtype)
+    if kind == "three_point":  # words are 16-bit fields here
+        a = math.sqrt(2**16 / (2 * _P3))
+        return jnp.where(words < _P3, -a, jnp.where(words >= 2**16 - _P3, a, 0.0)).astype(dtype)
+    if kind == "two_point":  # 1-bit fields
+        return words.astype(dtype) * 2 - 1
     raise ValueError(kind)
+
+
+def _fields(words, bit, width: int, count: int):
+    """``count`` consecutive ``width``-bit fields from bit ``bit`` on, as uint32 (count, N)."""
+    mask = jnp.uint32((1 << width) - 1)
+    if count == 1:  # one field: a slice and a shift, no gather
+        w = jax.lax.dynamic_slice_in_dim(words, bit // 32, 1, axis=0)
+        return (w >> jnp.asarray(bit % 32, jnp.uint32)) & mask
+    pos = bit + width * jnp.arange(count)
+    w = jnp.take(words, pos // 32, axis=0)
+    return (w >> (pos % 32).astype(jnp.uint32)[:, None]) & mask
 
 
 def take(words: jax.Array, substep, spec: NoiseSpec):
@@ -101,20 +130,12 @@ def take(words: jax.Array, substep, spec: NoiseSpec):
     may be a traced integer (ticks with many steps run them in a loop, not unrolled).
     """
     out = []
-    bit = substep * spec.bits
-    for kind, count in spec.parts:
-        if kind == "two_point" and count == 1:  # the 1-D walk: a slice and a shift, no gather
-            w = jax.lax.dynamic_slice_in_dim(words, bit // 32, 1, axis=0)
-            sign = (w >> (bit % 32).astype(jnp.uint32)) & jnp.uint32(1)
-            out.append((sign.astype(jnp.zeros(()).dtype) * 2 - 1).T)
-        elif kind == "two_point":
-            pos = bit + jnp.arange(count)
-            w = jnp.take(words, pos // 32, axis=0)
-            sign = (w >> (pos % 32).astype(jnp.uint32)[:, None]) & jnp.uint32(1)
-            dtype = jnp.zeros(()).dtype
-            out.append((sign.astype(dtype) * 2 - 1).T)
+    offsets, step_bits = spec.offsets()
+    for (kind, count), offset in zip(spec.parts, offsets):
+        bit = substep * step_bits + offset
+        if BITS[kind] < 32:
+            out.append(_decode(kind, _fields(words, bit, BITS[kind], count)).T)
         else:
             w = jax.lax.dynamic_slice_in_dim(words, bit // 32, count, axis=0)
             out.append((w if kind == "word" else _decode(kind, w)).T)
-        bit += BITS[kind] * count
     return tuple(out)

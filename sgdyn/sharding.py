@@ -7,13 +7,12 @@ whichever device it lives, and a sharded run is bit-identical to a one-device ru
 ``measure_exit_times_sharded`` is ``measure_exit_times`` (same arguments, same ``ExitResult``,
 same numbers) with the ensemble split over a 1-D device mesh with ``jax.shard_map``:
 
-- each device steps its own block of particles with the library's ``advance_exits`` and its own
-  ``lax.while_loop`` (no cross-device communication inside a segment: a device whose particles
-  have all left stops early);
-- between segments the host reads the statuses and compacts exactly as
-  ``sgdyn.measure_exit_times`` does (``sgdyn.measure.Slots``, power-of-two sizes, here also a
-  multiple of the device count): the running particles (with their global indices) are
-  gathered and dealt out evenly again over the devices, so the work stays balanced.
+- each device owns a contiguous range of particle ids: its own queue, its own slots (refilled
+  as particles leave) and its own ``lax.while_loop``, with no cross-device communication;
+- once the queues are empty and few particles run, the host compacts exactly as
+  ``sgdyn.measure_exit_times`` does (the same ``sgdyn.runner.run_exits``; sizes are powers of
+  two, here also a multiple of the device count): the running particles (with their global
+  indices and ages) are gathered and dealt out evenly again over the devices.
 
 ``simulate_exits_sharded`` is the one-compiled-call kernel (no compaction), like
 ``simulate_exits``.
@@ -39,31 +38,26 @@ Several hosts (multi-process, ``jax.distributed``) -- written for it, not tested
    ``particle_mesh()`` builds a mesh over all of them.
 2. Use the same key on every process (e.g. ``jax.random.key(seed)``): each particle draws its
    noise from (key, global particle index, tick), so no key has to be communicated.
-3. Call ``measure_exit_times_sharded`` on every process. Between segments the statuses are
+3. Call ``measure_exit_times_sharded`` on every process. At each compaction the statuses are
    gathered to every host (``multihost_utils.process_allgather``, a few bytes per particle) so
    all processes take the same compaction decisions; compaction itself is a jitted gather of
    global arrays. Every process returns the full record.
 4. Only process 0 should write files (``if jax.process_index() == 0: ...``).
 
-Throughput scales with the device count while each device holds >= ~1e5 particles; the host
-round trip between segments is the only synchronisation.
+Throughput scales with the device count while each device holds enough slots to fill it
+(``n_slots`` in all); the host round trips at compaction are the only synchronisation.
 """
 
 from __future__ import annotations
 
-import functools
-
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
-from .ensemble import RUNNING, ExitRecord, _Walk, advance_exits
-from .measure import ExitResult, Slots, _validate, compacted_size, result, run_limits
+from .ensemble import ExitRecord
+from .measure import ExitResult, _validate, result
 from .regions import check_start
-
-AXIS = "particles"
+from .runner import AXIS, run_exits
 
 
 def particle_mesh(devices=None) -> Mesh:
@@ -72,91 +66,11 @@ def particle_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (AXIS,))
 
 
-def _gather_to_host(x):
-    """A global array as a numpy array on every process (all shards, all hosts)."""
-    if jax.process_count() == 1:
-        return np.asarray(x)
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-@functools.lru_cache(maxsize=64)
-def _advance_fn(mesh: Mesh, correction, ticks_per_block: int, divergence_bound: float):
-    """jit(shard_map(advance_exits)): every device runs its own block, its own while loop."""
-    part = P(AXIS)
-
-    def local(key, dynamic, region, x, status, exit_step, tick, ids, t_max, max_ticks):
-        walk = _Walk(x, status, exit_step, tick[0])
-        walk = advance_exits(key, dynamic, region, walk, ids, t_max, max_ticks,
-                             correction=correction, ticks_per_block=ticks_per_block,
-                             divergence_bound=divergence_bound)
-        return walk.x, walk.status, walk.exit_step, walk.tick[None]
-
-    fn = jax.shard_map(local, mesh=mesh,
-                       in_specs=(P(), P(), P(), part, part, part, part, part, P(), P()),
-                       out_specs=(part, part, part, part), check_vma=False)
-    return jax.jit(fn)
-
-
-@functools.lru_cache(maxsize=16)
-def _take_fn(mesh: Mesh):
-    """Global gather a[idx] whose result is split over the mesh again (works multi-host)."""
-    out = NamedSharding(mesh, P(AXIS))
-    return jax.jit(lambda a, idx: a[idx], out_shardings=out)
-
-
-def _put(mesh, value):
-    """Place a host array split along its first axis over the mesh."""
-    sharding = NamedSharding(mesh, P(AXIS))
-    value = np.asarray(value)
-    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
-
-
-def _run(key, dynamic, region, x0, n_particles, t_max, correction, mesh, ticks_per_block,
-         min_bucket, divergence_bound, compact):
-    n_dev = mesh.devices.size
-    advance = _advance_fn(mesh, correction, int(ticks_per_block), float(divergence_bound))
-    take_dev = _take_fn(mesh)
-    dtype = jnp.zeros(()).dtype
-
-    size = -(-n_particles // n_dev) * n_dev  # every device holds the same number of slots
-    slots = Slots(n_particles, size)
-    x = _put(mesh, np.broadcast_to(np.asarray(x0, dtype), (size, dynamic.dim)))
-    status = _put(mesh, slots.statuses())
-    exit_step = _put(mesh, np.zeros(size, np.int32))
-    ids = _put(mesh, np.maximum(slots.slot, 0).astype(np.uint32))
-
-    steps_per_tick, max_steps = run_limits(dynamic, t_max, correction)
-    tick, seg_ticks = 0, 64
-    t_max_dev = jnp.asarray(t_max, dtype)
-    while True:
-        ticks = _put(mesh, np.full(n_dev, tick, np.int32))
-        budget = seg_ticks if compact else np.iinfo(np.int32).max // 2 - tick
-        x, status, exit_step, ticks = advance(key, dynamic, region, x, status, exit_step, ticks,
-                                              ids, t_max_dev, jnp.asarray(budget, jnp.int32))
-        st = _gather_to_host(status)
-        running = st == RUNNING
-        # a device stops early only once none of its particles is running, so the running
-        # particles all sit at the latest tick
-        tick = int(_gather_to_host(ticks).max())
-        finished = (not running.any()) or tick * steps_per_tick >= max_steps
-        target = compacted_size(int(running.sum()), min_bucket, multiple=n_dev)
-        if finished or target < st.shape[0]:
-            slots.save(st, _gather_to_host(exit_step))
-            if finished:
-                break
-            idx = jnp.asarray(slots.compact(running, target), jnp.int32)
-            x, exit_step, ids = take_dev(x, idx), take_dev(exit_step, idx), take_dev(ids, idx)
-            status = _put(mesh, slots.statuses())
-        seg_ticks = max(64, tick // 8)
-    return slots.record(dynamic, tick, t_max)
-
-
 def measure_exit_times_sharded(key, dynamic, region, x0, n_particles: int, t_max, *,
                                correction=None, mesh: Mesh | None = None,
                                confidence: float = 0.95, ticks_per_block: int = 32,
-                               min_bucket: int = 512, divergence_bound=1e8) -> ExitResult:
+                               min_bucket: int = 512, n_slots: int | None = None,
+                               divergence_bound=1e8) -> ExitResult:
     """``sgdyn.measure_exit_times`` with the particles split over ``mesh`` (default: all
     devices), compacting the running particles across devices as they thin out.
 
@@ -165,8 +79,10 @@ def measure_exit_times_sharded(key, dynamic, region, x0, n_particles: int, t_max
     n_particles, x0 = _validate(dynamic, region, x0, n_particles, t_max, correction, None)
     check_start(region, x0)
     mesh = particle_mesh() if mesh is None else mesh
-    return result(_run(key, dynamic, region, x0, n_particles, t_max, correction, mesh,
-                       ticks_per_block, min_bucket, divergence_bound, compact=True), confidence)
+    return result(run_exits(key, dynamic, region, x0, 0, n_particles, t_max,
+                            correction=correction, mesh=mesh, n_slots=n_slots,
+                            ticks_per_block=ticks_per_block, min_bucket=min_bucket,
+                            divergence_bound=divergence_bound), confidence)
 
 
 def simulate_exits_sharded(key, dynamic, region, x0, n_particles: int, t_max, *,
@@ -177,5 +93,6 @@ def simulate_exits_sharded(key, dynamic, region, x0, n_particles: int, t_max, *,
     n_particles, x0 = _validate(dynamic, region, x0, n_particles, t_max, correction, None)
     check_start(region, x0)
     mesh = particle_mesh() if mesh is None else mesh
-    return _run(key, dynamic, region, x0, n_particles, t_max, correction, mesh, ticks_per_block,
-                2048, divergence_bound, compact=False)
+    return run_exits(key, dynamic, region, x0, 0, n_particles, t_max, correction=correction,
+                     mesh=mesh, ticks_per_block=ticks_per_block,
+                     divergence_bound=divergence_bound, compact=False)

@@ -11,7 +11,7 @@ import textwrap
 SCRIPT = textwrap.dedent(r"""
     import jax, numpy as np
     import sgdyn as sg
-    from sgdyn import sharding
+    from sgdyn import runner, sharding
 
     assert jax.device_count() == 2, jax.devices()
     fields = ("time", "escaped", "diverged", "censored")
@@ -29,6 +29,10 @@ SCRIPT = textwrap.dedent(r"""
         one = sg.measure_exit_times(*args, correction=corr, min_bucket=256)
         two = sharding.measure_exit_times_sharded(*args, correction=corr, min_bucket=256)
         same(one.record, two.record)
+        # 512 slots over 2 devices: each device refills its slots from its own queue
+        refilled = sharding.measure_exit_times_sharded(*args, correction=corr, min_bucket=64,
+                                                       n_slots=512)
+        same(one.record, refilled.record)
         assert one.estimate == two.estimate
         assert 0 < one.estimate.n_censored < n
         kernel = sharding.simulate_exits_sharded(*args, correction=corr)
@@ -44,7 +48,7 @@ SCRIPT = textwrap.dedent(r"""
     # the arrays really are split over both devices
     mesh = sharding.particle_mesh()
     assert mesh.devices.size == 2
-    x = sharding._put(mesh, np.zeros((8, 1)))
+    x = runner._Layout(mesh).put(np.zeros((8, 1)))
     assert len({s.device for s in x.addressable_shards}) == 2
     print("OK")
 """)
