@@ -52,3 +52,10 @@ def arithmetic_steps_per_second(dynamic, n=100_000, steps=2000, repeats=3):
 
     _, t = timed(run, dynamic, jnp.zeros((n, d)), repeats=repeats)
     return n * steps / t
+
+
+def matmul_flops_per_second(size=1024, repeats=3):
+    """float32 FLOP/s of one size x size matrix product: what dense layers can reach at best."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    _, t = timed(jax.jit(lambda a: a @ a), a, repeats=repeats)
+    return 2 * size**3 / t
