@@ -6,9 +6,10 @@ Prints one table and writes it (with every raw number) as JSON. Sections:
 
   ceilings   Gaussian random numbers/s and random bits/s inside lax.scan; one step's
              arithmetic alone (no randomness) in particle-steps/s.
-  throughput (a) fixed-step particle-steps/s, 1-D PLD and 100-D PLD: sgdyn (Gaussian and
-             two-point increments), NumPy, diffrax vmapped per particle (VirtualBrownianTree as
-             documented, and UnsafeBrownianPath), diffrax with one ensemble state.
+  throughput (a) fixed-step particle-steps/s, 1-D PLD and 100-D PLD: sgdyn (Gaussian,
+             three-point and two-point increments), NumPy, diffrax vmapped per particle
+             (VirtualBrownianTree as documented, and UnsafeBrownianPath), diffrax with one
+             ensemble state.
   exit       (b) time to estimate the mean exit time of the 1-D PLD and of Langevin to within
              2% of the exact value (|estimate - exact| + 95% CI half-width <= 2%; each tool's
              estimate is checked against sgdyn.theory before its time counts).
@@ -92,7 +93,9 @@ def run_ceilings(cfg):
     n = cfg["n"]
     out = {"n": n,
            "gaussians_per_s": ceilings.gaussians_per_second(n),
-           "random_bits_per_s": ceilings.bits_per_second(n)}
+           "random_bits_per_s": ceilings.bits_per_second(n),
+           "counter_gaussians_per_s": ceilings.counter_gaussians_per_second(n),
+           "counter_bits_per_s": ceilings.counter_bits_per_second(n)}
     for p in (PLD1_BASIN, PLD100):
         dyn = sg.EulerMaruyama.make(p.sgdyn_sde(), 0.01)
         steps = 2000 if p.dim == 1 else 20
@@ -119,7 +122,8 @@ def run_throughput(cfg):
     dt = 0.01
     for p in (PLD1_BASIN, PLD100):
         g_steps, w_steps = cfg["thr_steps"][p.name]
-        for inc, steps in (("gaussian", g_steps), ("two_point", w_steps)):
+        for inc, steps in (("gaussian", g_steps), ("three_point", 2 * g_steps),
+                           ("two_point", w_steps)):
             r = sgdyn_throughput(p, inc, cfg["n"], steps, dt)
             rows.append(dict(problem=p.name, tool=f"sgdyn ({inc})", n=cfg["n"], steps=steps,
                              particle_steps_per_s=r))
@@ -398,6 +402,11 @@ def summarize(res):
         g = c["gaussians_per_s"]
         s["a_gaussian_pld1_vs_rng_ceiling"] = thr[("pld1_basin", "sgdyn (gaussian)")] / g
         s["a_gaussian_pld100_vs_rng_ceiling"] = 100 * thr[("pld100", "sgdyn (gaussian)")] / g
+        if "counter_gaussians_per_s" in c:  # the generator sgdyn actually draws from
+            g = c["counter_gaussians_per_s"]
+            s["a_gaussian_pld1_vs_sgdyn_rng_ceiling"] = thr[("pld1_basin", "sgdyn (gaussian)")] / g
+            s["a_gaussian_pld100_vs_sgdyn_rng_ceiling"] = (
+                100 * thr[("pld100", "sgdyn (gaussian)")] / g)
         s["a_two_point_pld1_vs_arithmetic_ceiling"] = (
             thr[("pld1_basin", "sgdyn (two_point)")] / c["arithmetic_pld1_basin_particle_steps_per_s"])
         s["a_two_point_pld100_vs_arithmetic_ceiling"] = (
@@ -449,6 +458,8 @@ def table(res):
         lines += ["", "Ceilings (inside lax.scan, n = %d)" % c["n"],
                   f"  Gaussian random numbers/s        {c['gaussians_per_s']:.3g}",
                   f"  random bits/s                    {c['random_bits_per_s']:.3g}",
+                  f"  same, sgdyn.rng Gaussians/s      {c.get('counter_gaussians_per_s', 0):.3g}",
+                  f"  same, sgdyn.rng bits/s           {c.get('counter_bits_per_s', 0):.3g}",
                   f"  arithmetic only, pld1 (p-steps/s) {c['arithmetic_pld1_basin_particle_steps_per_s']:.3g}",
                   f"  arithmetic only, pld100          {c['arithmetic_pld100_particle_steps_per_s']:.3g}"]
     if "throughput" in res:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import sys
 import time
 
+from .cache import enable_compilation_cache
+
 
 def run_main(main, argv=None) -> int:
-    """Run ``main(argv)``; a bad argument prints one line to stderr and exits with status 2."""
+    """Run ``main(argv)`` with the persistent compilation cache on (``sgdyn.cache``); a bad
+    argument prints one line to stderr and exits with status 2."""
+    enable_compilation_cache()
     try:
         main(argv)
     except (ValueError, TypeError, OverflowError, FileNotFoundError) as err:

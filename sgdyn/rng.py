@@ -26,7 +26,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.random import threefry2x32_p
 
 BITS = {"normal": 32, "uniform": 32, "word": 32, "two_point": 1, "three_point": 16}
 _P3 = 10923  # three-point: P(+a) = P(-a) = _P3 / 2^16 (closest to 1/6)
@@ -74,12 +73,30 @@ def threefry_words(key, particle_ids, first_counter, n_calls: int) -> jax.Array:
     hi = jnp.broadcast_to(particle_ids.astype(jnp.uint32)[None, :], (n_calls, n))
     first = jnp.broadcast_to(jnp.asarray(first_counter, jnp.uint32), (n,))  # one per particle
     lo = first[None, :] + jnp.arange(n_calls, dtype=jnp.uint32)[:, None]
-    # Under vmap (a parameter sweep) only some operands get batched, and the CPU lowering of
-    # threefry needs all four of one shape: tie them together with a zero of lo's shape.
-    zero = lo ^ lo  # data-dependent, so vmap batches it like lo
-    hi, k0, k1, lo = hi + zero, k0 + zero, k1 + zero, lo + zero
-    a, b = threefry2x32_p.bind(k0, k1, hi, lo)
+    a, b = threefry2x32(k0, k1, hi, lo)
     return jnp.concatenate([a, b], axis=0)
+
+
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def threefry2x32(k0, k1, x0, x1):
+    """Threefry-2x32 with 20 rounds (Salmon et al. 2011), bit-identical to JAX's
+    ``threefry2x32_p``, written out in jnp. JAX lowers its primitive on a CPU as a rolled
+    loop (one pass over memory per 4 rounds); unrolled here, XLA fuses all 20 rounds with
+    the decoding and the step that use them."""
+    def rotl(v, d):
+        return (v << np.uint32(d)) | (v >> np.uint32(32 - d))
+
+    ks = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x0 = x0 + x1
+            x1 = rotl(x1, r) ^ x0
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x0, x1
 
 
 def plan(spec: NoiseSpec) -> tuple[int, int]:

@@ -1,6 +1,7 @@
 """experiments/escape_time.py: one measurement from the command line."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,23 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "escape_time.py"
 
 
-def run(*args, cwd=None):
+def run(*args, cwd=None, env=None):
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+                          cwd=cwd, timeout=300, env=env)
+
+
+def test_compiled_kernels_are_cached_on_disk_and_change_nothing(tmp_path):
+    env = dict(os.environ, SGDYN_CACHE_DIR=str(tmp_path / "cache"))
+    args = ("--landscape", "kramers", "--h-min", "4", "--h-saddle", "4", "--barrier", "0.3",
+            "--dynamics", "langevin", "--sigma2", "2", "--lr", "0.1", "--dt", "0.04",
+            "--increments", "three_point", "--particles", "2000")
+    first = run(*args, "--json", str(tmp_path / "a.json"), env=env)
+    assert first.returncode == 0, first.stderr
+    assert any((tmp_path / "cache").iterdir())  # the first run stored its programs
+    second = run(*args, "--json", str(tmp_path / "b.json"), env=env)
+    assert second.returncode == 0, second.stderr
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert a["mean_exit_time"] == b["mean_exit_time"] and a["ci95"] == b["ci95"]
 
 
 def test_escape_time_cli_writes_json_with_theory(tmp_path):
