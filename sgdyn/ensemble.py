@@ -83,7 +83,10 @@ def _tick(key, dynamic, walk: _Walk, spec: NoiseSpec, visit):
     ``visit(walk, x_old, x_new, extra, step_index) -> walk`` folds one step into the state.
     """
     steps, calls = rng.plan(spec)
+    # computed once per tick into a buffer: left to itself XLA fuses Threefry into each step
+    # that reads a word, recomputing all 20 rounds per step
     words = rng.threefry_words(key, walk.ids, walk.age * calls, calls)
+    words = jax.lax.optimization_barrier(words)
     step = jax.vmap(dynamic.step)
     n_dyn = len(dynamic.noise_spec.parts)
 

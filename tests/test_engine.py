@@ -176,6 +176,17 @@ def test_censoring_aware_estimate_covers_truth_and_naive_mean_does_not():
 
 # ---------------------------------------------------------------- random streams
 
+def test_unrolled_threefry_is_bit_identical_to_jax():
+    from jax.extend.random import threefry2x32_p
+
+    r = np.random.default_rng(0)
+    k0, k1 = (jnp.uint32(v) for v in r.integers(0, 2**32, 2))
+    x0, x1 = (jnp.asarray(r.integers(0, 2**32, 50_000), jnp.uint32) for _ in range(2))
+    ours = jax.jit(rng.threefry2x32)(k0, k1, x0, x1)
+    theirs = threefry2x32_p.bind(k0 + 0 * x0, k1 + 0 * x0, x0, x1)
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+
+
 @pytest.mark.parametrize("parts", [(("three_point", 1),), (("three_point", 3), ("uniform", 1)),
                                    (("two_point", 10), ("uniform", 1)), (("normal", 2),),
                                    (("two_point", 1), ("three_point", 2), ("word", 1))])
