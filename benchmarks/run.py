@@ -323,9 +323,22 @@ same = all(np.array_equal(getattr(r0.record, f), getattr(r2.record, f))
            for f in ("time", "escaped", "censored")) and all(
            np.array_equal(getattr(r0.record, f), getattr(r1.record, f))
            for f in ("time", "escaped", "censored"))
-print(json.dumps(dict(devices=jax.device_count(), n=n, dt=dt, seconds_measure_exit_times=t0,
-                      seconds_sharded_1_device=t1, seconds_sharded_2_devices=t2,
-                      speedup_2_vs_1=t1 / t2, identical=bool(same))))
+out = dict(devices=jax.device_count(), n=n, dt=dt, seconds_measure_exit_times=t0,
+           seconds_sharded_1_device=t1, seconds_sharded_2_devices=t2, speedup_2_vs_1=t1 / t2,
+           identical=bool(same))
+# training: the same seeds split over both devices against all on one
+import optax
+from sgdyn.train import MLP, mnist1d, train
+seeds, epochs = int(sys.argv[4]), int(sys.argv[5])
+data, model = mnist1d(), MLP(hidden=(100, 100), num_classes=10)
+kw = dict(lr=0.05, batch_size=32, epochs=epochs, sharpness_iters=0, seeds=list(range(seeds)))
+sgd = lambda lr, key: optax.sgd(lr)
+for shard in (True, False):
+    train(model, data, sgd, shard_seeds=shard, **kw)  # compile
+    t = min(train(model, data, sgd, shard_seeds=shard, **kw).wall_time_s for _ in range(3))
+    out["training_seconds_" + ("2_devices" if shard else "1_device")] = t
+out["training_speedup_2_vs_1"] = out["training_seconds_1_device"] / out["training_seconds_2_devices"]
+print(json.dumps(out))
 """
 
 
@@ -340,8 +353,10 @@ def _env(devices=None):
 
 def run_sharding(cfg):
     c = cfg["sharding"]
+    t = cfg["training"]
     res = subprocess.run([sys.executable, "-c", SHARD_SCRIPT, str(c["n"]), str(c["dt"]),
-                          str(ROOT)], capture_output=True, text=True, env=_env(2))
+                          str(ROOT), str(t["seeds"]), str(t["epochs"])],
+                         capture_output=True, text=True, env=_env(2))
     if res.returncode:
         raise RuntimeError(res.stderr[-3000:])
     out = json.loads(res.stdout.strip().splitlines()[-1])
@@ -446,6 +461,8 @@ def summarize(res):
     if "sharding" in res:
         s["sharding_speedup_2_devices"] = res["sharding"]["speedup_2_vs_1"]
         s["sharding_identical"] = res["sharding"]["identical"]
+        if "training_speedup_2_vs_1" in res["sharding"]:
+            s["sharding_training_speedup_2_devices"] = res["sharding"]["training_speedup_2_vs_1"]
     if "training" in res:
         s["training_vmap_speedup"] = res["training"]["speedup"]
     return s
@@ -496,7 +513,7 @@ def table(res):
                   f"{h['seconds_sharded_1_device']:.2f} s, 2 devices "
                   f"{h['seconds_sharded_2_devices']:.2f} s (x{h['speedup_2_vs_1']:.2f}), "
                   f"measure_exit_times {h['seconds_measure_exit_times']:.2f} s, identical: "
-                  f"{h['identical']}"]
+                  f"{h['identical']}; training {h.get('training_speedup_2_vs_1', 0):.2f}x"]
     if "training" in res:
         t = res["training"]
         lines += ["", f"Training MNIST-1D MLP, {t['seeds']} seeds x {t['steps_per_seed']} steps: "

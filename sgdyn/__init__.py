@@ -9,12 +9,14 @@ Flat public API. The pieces, each in its own module:
 - exit regions (``Threshold``, ``Halfspace``, ``Ball``, ``Interval``) with boundary corrections;
 - the engine (``simulate_exits``, ``simulate_samples``) and the one-call
   ``measure_exit_times`` / ``sweep_exit_times``;
-- estimators (``exit_time_estimate``, ``kaplan_meier``) and exact theory (``sgdyn.theory``).
+- estimators (``exit_time_estimate``, ``kaplan_meier``) and exact theory (``sgdyn.theory``);
+- ``enable_compilation_cache``: keep compiled kernels on disk across processes.
 
 Time is t = k * lr throughout.
 """
 
 from . import theory
+from .cache import enable_compilation_cache
 from .ensemble import ExitRecord, SampleRecord, simulate_exits, simulate_samples
 from .estimators import ExitEstimate, exit_time_estimate, kaplan_meier
 from .landscapes import DoubleWell, KramersWell, Quadratic, Reparametrized, StyblinskiTang

@@ -64,7 +64,7 @@ def result(record: ExitRecord, confidence: float = 0.95) -> ExitResult:
 
 def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, correction=None,
                        chunk_size: int | None = None, confidence: float = 0.95,
-                       ticks_per_block: int = 32, min_bucket: int = 512,
+                       ticks_per_block: int = 32, min_bucket: int = 2048,
                        n_slots: int | None = None, checkpoint=None) -> ExitResult:
     """Exit times of ``n_particles`` runs of ``dynamic`` from ``region`` (see simulate_exits).
 

@@ -5,11 +5,13 @@ reaches t_max), its slot takes the next particle waiting in the queue, on the de
 the jitted loop (``sgdyn.ensemble.advance_exits``): the array stays full and is compiled once.
 Escape times are roughly exponential, so once the queue is empty the last particles leave
 about ln S mean times after the others; stepping the whole array until then would waste most
-of the work. The loop therefore hands back to the host when at most a quarter of the slots
+of the work. The loop therefore hands back to the host when at most 1/``SHRINK`` of the slots
 still run, and the host *compacts*: the running particles are packed into the next power of
-two (>= ``min_bucket``) and go on. Each array size compiles once per process (S, then powers
-of two down to ``min_bucket``). Particles keep their ids and ages, so none of this changes a
-single number, only the cost: about N mean exit times of particle-steps, plus the drain.
+two (>= ``min_bucket``) and go on. Each array size compiles once per process; with the
+defaults (S = 16384 on a CPU, SHRINK = 8, min_bucket = 2048) that is two sizes. Measured on
+2 CPU cores for 80000 three-point PLD particles: 0.38 s once compiled, 2.0 s for a first call;
+a ladder of quarters down to 512 took 0.33 s and 3.4 s. Particles keep their ids and ages, so
+none of this changes a single number.
 
 With a device mesh (``sgdyn.sharding``) every device runs its own queue (a contiguous range of
 particle ids) and its own slots in its own while loop; compaction gathers the running
@@ -31,7 +33,7 @@ from .ensemble import PAD, RUNNING, ExitRecord, _Queue, _Walk, advance_exits, ex
 from .rng import plan
 
 AXIS = "particles"
-SHRINK = 4  # compact once at most 1/SHRINK of the slots run: few sizes to compile, little idle work
+SHRINK = 8  # compact once at most 1/SHRINK of the slots run (few sizes to compile)
 
 
 def default_slots() -> int:
@@ -79,16 +81,20 @@ class _Layout:
 
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
-    def take(self, a, idx):
-        return _take_fn(self.mesh)(a, jnp.asarray(idx, jnp.int32))
+    def take(self, tree, idx):
+        """Rows ``idx`` of every array in ``tree``, split over the mesh again."""
+        return _take_fn(self.mesh)(tree, jnp.asarray(idx, jnp.int32))
 
 
 @functools.lru_cache(maxsize=16)
 def _take_fn(mesh):
-    """Gather a[idx], the result split over the mesh again (works multi-host)."""
+    """One jitted gather for a whole pytree (one compilation per size, works multi-host)."""
+    def take(tree, idx):
+        return jax.tree.map(lambda a: a[idx], tree)
+
     if mesh is None:
-        return jax.jit(lambda a, idx: a[idx])
-    return jax.jit(lambda a, idx: a[idx], out_shardings=NamedSharding(mesh, P(AXIS)))
+        return jax.jit(take)
+    return jax.jit(take, out_shardings=NamedSharding(mesh, P(AXIS)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -113,7 +119,7 @@ def _advance_fn(mesh, correction, ticks_per_block: int, divergence_bound: float)
 
 def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction=None,
               mesh: Mesh | None = None, n_slots: int | None = None,
-              ticks_per_block: int = 32, min_bucket: int = 512, divergence_bound=1e8,
+              ticks_per_block: int = 32, min_bucket: int = 2048, divergence_bound=1e8,
               compact: bool = True) -> ExitRecord:
     """Exit records (numpy) of particles ``first`` .. ``first + n - 1``; see the module doc.
     ``compact=False`` puts every particle in a slot and runs one call, no compaction."""
@@ -162,10 +168,8 @@ def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction
         keep = np.flatnonzero(live)
         size = compacted_size(keep.size, min_bucket, n_dev)
         take = np.concatenate([keep, np.full(size - keep.size, keep[0])])
-        walk = _Walk(lay.take(walk.x, take),
-                     lay.put(np.where(np.arange(size) < keep.size, RUNNING, PAD).astype(np.int8)),
-                     lay.take(walk.exit_step, take), lay.take(walk.age, take),
-                     lay.take(walk.ids, take))
+        walk = lay.take(walk, take)._replace(
+            status=lay.put(np.where(np.arange(size) < keep.size, RUNNING, PAD).astype(np.int8)))
     return to_numpy(_record(dynamic, jnp.asarray(status), jnp.asarray(exit_step), t_max))
 
 

@@ -69,7 +69,7 @@ def particle_mesh(devices=None) -> Mesh:
 def measure_exit_times_sharded(key, dynamic, region, x0, n_particles: int, t_max, *,
                                correction=None, mesh: Mesh | None = None,
                                confidence: float = 0.95, ticks_per_block: int = 32,
-                               min_bucket: int = 512, n_slots: int | None = None,
+                               min_bucket: int = 2048, n_slots: int | None = None,
                                divergence_bound=1e8) -> ExitResult:
     """``sgdyn.measure_exit_times`` with the particles split over ``mesh`` (default: all
     devices), compacting the running particles across devices as they thin out.

@@ -50,6 +50,17 @@ SCRIPT = textwrap.dedent(r"""
     assert mesh.devices.size == 2
     x = runner._Layout(mesh).put(np.zeros((8, 1)))
     assert len({s.device for s in x.addressable_shards}) == 2
+    # training: 3 seeds over 2 devices (one padding seed), against one device
+    import optax
+    from sgdyn.train import MLP, mnist1d, train
+    data = mnist1d(num_samples=600)
+    kw = dict(lr=0.1, batch_size=50, epochs=2, sharpness_iters=3, seeds=[0, 1, 2])
+    sgd = lambda lr, key: optax.sgd(lr)
+    split = train(MLP(hidden=(16,), num_classes=10), data, sgd, **kw)
+    alone = train(MLP(hidden=(16,), num_classes=10), data, sgd, shard_seeds=False, **kw)
+    assert split.test_acc.shape == (2, 3) and split.sharpness.shape == (3,)
+    for f in ("train_loss", "test_loss", "sharpness"):
+        np.testing.assert_allclose(getattr(split, f), getattr(alone, f), rtol=1e-4)
     print("OK")
 """)
 

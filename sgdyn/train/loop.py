@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .. import _checks
 from . import models
@@ -208,10 +209,17 @@ def _check_args(data, optimizer_fn, lr, batch_size, epochs, seeds, loss_weight_s
     return seeds.astype(np.uint32), np.array(lr)
 
 
+def seed_mesh(devices=None) -> Mesh | None:
+    """A 1-D mesh named ``"seeds"`` over ``devices`` (default: every device of this process);
+    None with a single device."""
+    devices = jax.local_devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), ("seeds",)) if len(devices) > 1 else None
+
+
 def train(model, data: Dataset, optimizer_fn: OptimizerFn, *, lr, batch_size: int, epochs: int,
           seeds: Sequence[int] = (0,), per_example_grads: bool | int = False,
           loss_weight_scale: float = 0.0, sharpness_iters: int = 20,
-          sharpness_examples: int | None = None) -> TrainResult:
+          sharpness_examples: int | None = None, shard_seeds: bool = True) -> TrainResult:
     """Train ``model`` on ``data`` for ``epochs`` epochs of minibatch steps, all seeds together.
 
     ``optimizer_fn(lr, key)`` builds the Optax transformation (``lr`` may be a tracer; any noise
@@ -221,9 +229,16 @@ def train(model, data: Dataset, optimizer_fn: OptimizerFn, *, lr, batch_size: in
     integer m: those of the first m examples of the random batch only, B/m x less memory).
     ``loss_weight_scale`` s > 0 differentiates the reweighted loss (1/B) sum (1 + s z_i) l_i.
     Sharpness uses the first ``sharpness_examples`` training examples (all by default).
+    With several devices (and ``shard_seeds``), the seeds are split over all of them
+    (``seed_mesh``); a seed's numbers do not depend on where it runs, up to float rounding.
     """
     seeds, lr = _check_args(data, optimizer_fn, lr, batch_size, epochs, seeds, loss_weight_scale,
                             sharpness_iters, sharpness_examples, per_example_grads)
+    n_seeds = seeds.size
+    mesh = seed_mesh() if shard_seeds else None
+    if mesh is not None:  # pad with copies of the last seed to a multiple of the device count
+        pad = -n_seeds % mesh.devices.size
+        seeds, lr = np.pad(seeds, (0, pad), mode="edge"), np.pad(lr, (0, pad), mode="edge")
     t0 = time.perf_counter()
     steps = data.n_train // batch_size
     per_example = 0 if per_example_grads is False else (
@@ -235,6 +250,9 @@ def train(model, data: Dataset, optimizer_fn: OptimizerFn, *, lr, batch_size: in
     xt, yt = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
     lr_dev = jnp.asarray(lr)
     state = init(init_params(model, seeds, x), jnp.asarray(seeds), lr_dev)
+    if mesh is not None:  # each device trains its own seeds; jit partitions the vmap accordingly
+        split = NamedSharding(mesh, PartitionSpec("seeds"))
+        state, lr_dev = jax.device_put((state, lr_dev), split)
     hist = {k: [] for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
     for _ in range(epochs):
         state = epoch(state, lr_dev, x, y)
@@ -247,7 +265,10 @@ def train(model, data: Dataset, optimizer_fn: OptimizerFn, *, lr, batch_size: in
         sharpness = np.asarray(sharp(state.params, jnp.asarray(seeds), x[:m], y[:m]))
     else:
         sharpness = np.full(seeds.shape, np.nan, np.float32)
-    hist = {k: np.asarray(jnp.stack(v)) for k, v in hist.items()}
+    keep = slice(0, n_seeds)  # drop the padding seeds
+    hist = {k: np.asarray(jnp.stack(v))[:, keep] for k, v in hist.items()}
+    seeds, lr, sharpness = seeds[keep], lr[keep], sharpness[keep]
+    state = jax.tree.map(lambda a: a[keep], state)
     diverged = np.asarray(state.diverged)
     if diverged.any():
         warnings.warn(f"seeds {seeds[diverged].tolist()} diverged (non-finite loss or weights) at "
