@@ -233,12 +233,10 @@ def run_sweep(cfg):
     t_alt = [3 * e for e in exacts]
     key = jax.random.key(0)
 
-    def sg_sweep():
-        return [r.estimate for r in sg.sweep_exit_times(key, dyns, regions, [0.0], n, t_alt)]
+    def sg_sweep(dynamics, t_max, **kw):
+        return lambda: [r.estimate for r in sg.sweep_exit_times(key, dynamics, regions, [0.0], n,
+                                                                t_max, **kw)]
 
-    def sg_loop(dynamics):
-        return lambda: [sg.measure_exit_times(key, d, r, [0.0], n, 20 * e).estimate
-                        for d, r, e in zip(dynamics, regions, exacts)]
 
     def np_loop():
         return [_estimate(*r) for r in alt.numpy_sweep(probs, n, dt, t_alt)]
@@ -252,9 +250,11 @@ def run_sweep(cfg):
                 for p, t in zip(probs, t_alt)]
 
     rows = []
-    for tool, fn in (("sgdyn (sweep_exit_times, one call, censored at 3x)", sg_sweep),
-                     ("sgdyn (measure_exit_times per value)", sg_loop(dyns)),
-                     ("sgdyn (measure_exit_times per value, three_point)", sg_loop(dyns3)),
+    t_all = [20 * e for e in exacts]  # sgdyn runs every particle to its exit
+    for tool, fn in (("sgdyn (sweep_exit_times, three_point)", sg_sweep(dyns3, t_all)),
+                     ("sgdyn (sweep_exit_times, gaussian)", sg_sweep(dyns, t_all)),
+                     ("sgdyn (sweep_exit_times, gaussian, vectorized=True, censored at 3x)",
+                      sg_sweep(dyns, t_alt, vectorized=True)),
                      ("numpy (loop)", np_loop), ("diffrax_vmap_unsafe (vmap over sweep)", dfx_vmap),
                      ("diffrax_ensemble (loop)", dfx_ens)):
         t0 = time.perf_counter()

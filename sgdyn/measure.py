@@ -8,8 +8,7 @@ Escape times are roughly exponential, so stepping all N particles until the last
 would waste most of the work on finished ones: ``sgdyn.runner`` refills the slots of finished
 particles with waiting ones and compacts the last stragglers (about N mean exit times of
 particle-steps in all, and a few compilations per process), without changing any number.
-``sweep_exit_times`` runs a stack of dynamics (e.g. eight sharpness values) in one compiled
-call, without compaction.
+``sweep_exit_times`` runs a list of dynamics (e.g. eight sharpness values) in one call.
 """
 
 from __future__ import annotations
@@ -120,12 +119,21 @@ def _per_item(value, m, name):
 
 
 def sweep_exit_times(key, dynamics, regions, x0, n_particles: int, t_max, *, correction=None,
-                     confidence: float = 0.95, ticks_per_block: int = 32) -> list[ExitResult]:
-    """Exit times for a list of same-shaped dynamics (a sweep), in one compiled call.
+                     confidence: float = 0.95, ticks_per_block: int = 32,
+                     vectorized: bool = False, **runner_options) -> list[ExitResult]:
+    """Exit times for a list of same-shaped dynamics (a sweep, e.g. eight sharpness values).
 
     ``regions`` and ``t_max`` are each one value shared by all, or a list with one per
-    dynamic; ``x0`` is one start of shape (d,) or an (m, d) array. Every dynamic shares the key and particle ids (common random numbers across the
-    sweep, which makes differences between sweep points less noisy).
+    dynamic; ``x0`` is one start of shape (d,) or an (m, d) array. Every dynamic shares the
+    key and particle ids (common random numbers across the sweep, which makes differences
+    between sweep points less noisy).
+
+    By default each member runs through the refilling runner (``sgdyn.runner``), one after
+    another: parameters are traced, so the kernels compile once for the whole sweep, and the
+    records equal ``measure_exit_times`` member by member (``runner_options``: ``n_slots``,
+    ``min_bucket``). ``vectorized=True`` runs all members in one compiled vmapped call
+    instead, every member until its slowest particle is done (no refilling: several times
+    slower on a CPU, same numbers up to float rounding).
     """
     dynamics = list(dynamics)
     m = len(dynamics)
@@ -140,6 +148,11 @@ def sweep_exit_times(key, dynamics, regions, x0, n_particles: int, t_max, *, cor
     for dyn, reg, x, t in zip(dynamics, regions, x0, t_max):
         n_particles, x = _validate(dyn, reg, x, n_particles, t, correction, None)
         check_start(reg, x)
+    if not vectorized:
+        return [result(run_exits(key, dyn, reg, np.atleast_1d(x), 0, n_particles, t,
+                                 correction=correction, ticks_per_block=ticks_per_block,
+                                 **runner_options), confidence)
+                for dyn, reg, x, t in zip(dynamics, regions, x0, t_max)]
     recs = jax.device_get(_sweep(key, stack(dynamics), stack(regions), jnp.asarray(np.stack(x0)),
                                  n_particles, jnp.asarray(t_max, float), correction,
                                  ticks_per_block))

@@ -328,7 +328,7 @@ def test_same_key_same_result_and_chunking_changes_nothing():
     assert a.estimate.n_censored > 0  # t_max = 2 censors some: the censored path is covered too
 
 
-def test_sweep_is_one_compiled_call_and_matches_single_runs():
+def test_sweep_matches_single_runs_looped_or_vectorized():
     lands = [sg.Reparametrized.make(sg.KramersWell.make(2.0, 2.0, 0.3), s)
              for s in (1.0, 1.4, 2.0)]
     dyns = [sg.EulerMaruyama.make(sg.SDE.make(land, sg.Isotropic.make(1.0), LR, B), 0.01)
@@ -336,9 +336,12 @@ def test_sweep_is_one_compiled_call_and_matches_single_runs():
     g = th.kramers_geometry(2.0, 2.0, 0.3)
     regions = [sg.Threshold(1.5 * g.saddle / s) for s in (1.0, 1.4, 2.0)]
     sweep = sg.sweep_exit_times(jax.random.key(3), dyns, regions, [0.0], 2000, 100.0)
-    for dyn, reg, res in zip(dyns, regions, sweep):
+    vmapped = sg.sweep_exit_times(jax.random.key(3), dyns, regions, [0.0], 2000, 100.0,
+                                  vectorized=True)
+    for dyn, reg, res, vec in zip(dyns, regions, sweep, vmapped):
         single = sg.measure_exit_times(jax.random.key(3), dyn, reg, [0.0], 2000, 100.0)
-        np.testing.assert_allclose(res.record.time, single.record.time, rtol=1e-5)
+        assert np.array_equal(res.record.time, single.record.time)
+        np.testing.assert_allclose(vec.record.time, single.record.time, rtol=1e-5)
     means = [r.estimate.mean for r in sweep]
     assert means[0] > means[1] > means[2]  # sharper copies of the same problem escape sooner
 
