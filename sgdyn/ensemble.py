@@ -8,8 +8,12 @@ dynamic for a sweep):
   is a ``lax.while_loop`` (to stop early) over blocks of a fixed-length ``lax.scan``.
 - ``simulate_samples``: runs a burn-in and records the ensemble every ``thin`` steps.
 
-The noise of particle i is drawn from its own counter-based stream (``sgdyn.rng``), indexed by
-``first_particle + i``; running particles in chunks, on several devices, or all at once gives
+``advance_exits`` is the loop behind ``simulate_exits``; given a queue of waiting particles it
+also refills the slots of finished ones after every block (``sgdyn.runner`` drives it).
+
+The noise of particle i at its k-th tick is drawn from its own counter-based stream
+(``sgdyn.rng``), indexed by its global id and its age k, never by its slot or by the wall
+clock; running particles in chunks, refilled slots, on several devices, or all at once gives
 bit-identical per-particle results. Times are in t = k * lr units (k steps of size dt).
 
 Particles whose state becomes NaN/inf or leaves the box |x_j| < divergence_bound are *diverged*:
