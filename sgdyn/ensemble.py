@@ -243,6 +243,8 @@ def simulate_samples(key, dynamic, x0, n_particles: int, burn_in: int, n_samples
 
     Steps are grouped in ticks (``sgdyn.rng.plan``); ``burn_in`` and ``thin`` are rounded up to
     whole ticks and the values used are returned. Memory: n_samples * n_particles * d numbers.
+    A particle that reaches NaN/inf or |x_j| > divergence_bound is flagged and frozen at its
+    state at the start of that tick (the last one at most 64 steps earlier).
     """
     spec = dynamic.noise_spec
     g = rng.plan(spec)[0]
@@ -250,13 +252,16 @@ def simulate_samples(key, dynamic, x0, n_particles: int, burn_in: int, n_samples
     ids = first_particle + jnp.arange(n_particles, dtype=jnp.uint32)
 
     def visit(walk, x_old, x_new, extra, k):
-        bad = _diverged(x_new, divergence_bound) | (walk.status == DIVERGED)
-        return walk._replace(x=jnp.where(bad[:, None], x_old, x_new),
-                             status=jnp.where(bad, DIVERGED, walk.status).astype(jnp.int8))
+        return walk._replace(x=x_new)
 
     def advance(walk, n_ticks):
+        # divergence is checked once per tick (not per step, which cost a quarter of the
+        # Gaussian path): a diverged particle freezes at its state when the tick began
         def body(w, _):
-            return _tick(key, dynamic, w, spec, visit), None
+            new = _tick(key, dynamic, w, spec, visit)
+            bad = _diverged(new.x, divergence_bound) | (w.status == DIVERGED)
+            return new._replace(x=jnp.where(bad[:, None], w.x, new.x),
+                                status=jnp.where(bad, DIVERGED, w.status).astype(jnp.int8)), None
 
         return jax.lax.scan(body, walk, None, length=n_ticks)[0]
 

@@ -367,6 +367,19 @@ def test_divergent_particles_are_counted_apart():
     assert res.estimate.mean == math.inf  # no escape: no finite estimate, and no NaN
 
 
+@pytest.mark.parametrize("increments", ["gaussian", "two_point"])
+def test_divergent_samples_are_flagged_and_frozen_finite(increments):
+    # lr * h = 2.5 > 2: the discrete chain blows up geometrically, |x| passes 1e8 within
+    # ~100 steps; with lr * h = 0.5 nothing diverges
+    for lr, expect in ((2.5, True), (0.5, False)):
+        sde = sg.SDE.make(sg.Quadratic.make(1.0), sg.Isotropic.make(1e-2), lr=lr, batch_size=1)
+        dyn = sg.EulerMaruyama.make(sde, increments=increments)
+        xs, diverged = sg.sample_stationary(jax.random.key(0), dyn, [0.1], 64, burn_in=640,
+                                            n_samples=2, thin=64)
+        assert np.all(diverged == expect)
+        assert np.all(np.isfinite(xs)) and np.all(np.abs(xs) <= 1e8)
+
+
 @pytest.mark.parametrize(
     "call,name",
     [
