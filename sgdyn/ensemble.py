@@ -107,14 +107,11 @@ def _tick(key, dynamic, walk: _Walk, spec: NoiseSpec, visit):
     return walk._replace(age=walk.age + 1)
 
 
-def init_walk(dynamic, x0, ids, running=None) -> _Walk:
-    """One slot per entry of ``ids``, each particle at x0, age 0; running (or, where
-    ``running`` is False, an empty PAD slot)."""
+def init_walk(dynamic, x0, ids) -> _Walk:
+    """One slot per entry of ``ids``, each particle at x0, running, age 0."""
     n = ids.shape[0]
     x0 = jnp.broadcast_to(jnp.asarray(x0, jnp.zeros(()).dtype), (n, dynamic.dim))
-    status = (jnp.zeros(n, jnp.int8) if running is None
-              else jnp.where(running, RUNNING, PAD).astype(jnp.int8))
-    return _Walk(x0, status, jnp.zeros(n, jnp.int32), jnp.zeros(n, jnp.int32),
+    return _Walk(x0, jnp.zeros(n, jnp.int8), jnp.zeros(n, jnp.int32), jnp.zeros(n, jnp.int32),
                  jnp.asarray(ids, jnp.uint32))
 
 

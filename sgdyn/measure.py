@@ -37,6 +37,8 @@ class ExitResult(NamedTuple):
 
 def _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size):
     n_particles = _checks.positive_int("n_particles", n_particles)
+    if n_particles >= 2**32:  # particle ids are uint32 (they index the noise streams)
+        raise ValueError(f"n_particles must be < 2^32, got {n_particles}")
     _checks.positive("t_max", t_max)
     if correction not in CORRECTIONS:
         raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
