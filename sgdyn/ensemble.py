@@ -119,9 +119,9 @@ def _max_steps(dynamic, t_max):
     return jnp.ceil(t_max / dynamic.dt - 1e-9).astype(jnp.int32)
 
 
-def active(walk: _Walk, steps_per_tick: int, max_steps) -> jax.Array:
-    """Slots whose particle is still inside and not yet at t_max."""
-    return (walk.status == RUNNING) & (walk.age * steps_per_tick < max_steps)
+def active(status, age, steps_per_tick: int, max_steps):
+    """Slots whose particle is still inside and not yet at t_max (jax or numpy arrays)."""
+    return (status == RUNNING) & (age * steps_per_tick < max_steps)
 
 
 def _refill(walk: _Walk, queue: _Queue, x0, live) -> tuple[_Walk, _Queue]:
@@ -181,12 +181,12 @@ def advance_exits(key, dynamic, region, walk: _Walk, t_max, *, queue: _Queue | N
 
         w = jax.lax.scan(body, w, None, length=ticks_per_block)[0]
         if q is not None:
-            w, q = _refill(w, q, x0, active(w, steps_per_tick, max_steps))
+            w, q = _refill(w, q, x0, active(w.status, w.age, steps_per_tick, max_steps))
         return w, q
 
     def keep_going(state):
         w, q = state
-        n_live = jnp.sum(active(w, steps_per_tick, max_steps))
+        n_live = jnp.sum(active(w.status, w.age, steps_per_tick, max_steps))
         if q is None:
             return n_live > 0
         return (n_live > 0) & ((q.next < q.end) | (n_live > stop_below))

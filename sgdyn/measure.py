@@ -25,7 +25,7 @@ from .checkpoint import Checkpoint, fingerprint
 from .ensemble import ExitRecord, simulate_exits, simulate_samples
 from .estimators import ExitEstimate, exit_time_estimate
 from .regions import CORRECTIONS, check_start
-from .runner import run_exits, to_numpy
+from .runner import MIN_BUCKET, check_options, run_exits, to_numpy
 
 _STATIC = ("n_particles", "correction", "ticks_per_block")
 
@@ -65,7 +65,7 @@ def result(record: ExitRecord, confidence: float = 0.95) -> ExitResult:
 
 def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, correction=None,
                        chunk_size: int | None = None, confidence: float = 0.95,
-                       ticks_per_block: int = 32, min_bucket: int = 2048,
+                       ticks_per_block: int = 32, min_bucket: int = MIN_BUCKET,
                        n_slots: int | None = None, checkpoint=None) -> ExitResult:
     """Exit times of ``n_particles`` runs of ``dynamic`` from ``region`` (see simulate_exits).
 
@@ -78,9 +78,7 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
     """
     n_particles, x0 = _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size)
     check_start(region, x0)
-    _checks.positive_int("min_bucket", min_bucket)
-    if n_slots is not None:
-        _checks.positive_int("n_slots", n_slots)
+    check_options(n_slots, min_bucket)  # before any chunk, even if all come from a checkpoint
     chunk = chunk_size or n_particles
     if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
         checkpoint = Checkpoint(checkpoint)
@@ -122,7 +120,8 @@ def _per_item(value, m, name):
 
 def sweep_exit_times(key, dynamics, regions, x0, n_particles: int, t_max, *, correction=None,
                      confidence: float = 0.95, ticks_per_block: int = 32,
-                     vectorized: bool = False, **runner_options) -> list[ExitResult]:
+                     vectorized: bool = False, n_slots: int | None = None,
+                     min_bucket: int = MIN_BUCKET) -> list[ExitResult]:
     """Exit times for a list of same-shaped dynamics (a sweep, e.g. eight sharpness values).
 
     ``regions`` and ``t_max`` are each one value shared by all, or a list with one per
@@ -132,8 +131,8 @@ def sweep_exit_times(key, dynamics, regions, x0, n_particles: int, t_max, *, cor
 
     By default each member runs through the refilling runner (``sgdyn.runner``), one after
     another: parameters are traced, so the kernels compile once for the whole sweep, and the
-    records equal ``measure_exit_times`` member by member (``runner_options``: ``n_slots``,
-    ``min_bucket``). ``vectorized=True`` runs all members in one compiled vmapped call
+    records equal ``measure_exit_times`` member by member (same ``n_slots``, ``min_bucket``).
+    ``vectorized=True`` runs all members in one compiled vmapped call
     instead, every member until its slowest particle is done (no refilling: several times
     slower on a CPU, same numbers up to float rounding).
     """
@@ -152,8 +151,9 @@ def sweep_exit_times(key, dynamics, regions, x0, n_particles: int, t_max, *, cor
         check_start(reg, x)
     if not vectorized:
         return [result(run_exits(key, dyn, reg, np.atleast_1d(x), 0, n_particles, t,
-                                 correction=correction, ticks_per_block=ticks_per_block,
-                                 **runner_options), confidence)
+                                 correction=correction, n_slots=n_slots,
+                                 ticks_per_block=ticks_per_block, min_bucket=min_bucket),
+                       confidence)
                 for dyn, reg, x, t in zip(dynamics, regions, x0, t_max)]
     recs = jax.device_get(_sweep(key, stack(dynamics), stack(regions), jnp.asarray(np.stack(x0)),
                                  n_particles, jnp.asarray(t_max, float), correction,

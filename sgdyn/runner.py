@@ -28,12 +28,14 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .ensemble import PAD, RUNNING, ExitRecord, _Queue, _Walk, advance_exits, exit_record, \
-    exit_spec
+from . import _checks
+from .ensemble import PAD, RUNNING, ExitRecord, _Queue, _Walk, active, advance_exits, \
+    exit_record, exit_spec
 from .rng import plan
 
 AXIS = "particles"
 SHRINK = 8  # compact once at most 1/SHRINK of the slots run (few sizes to compile)
+MIN_BUCKET = 2048  # smallest array the stragglers are compacted into
 
 
 def default_slots() -> int:
@@ -117,12 +119,20 @@ def _advance_fn(mesh, correction, ticks_per_block: int, divergence_bound: float)
     return jax.jit(local, donate_argnums=(10, 11))
 
 
+def check_options(n_slots, min_bucket) -> None:
+    """ValueError naming the argument for a bad slot count or compaction floor."""
+    _checks.positive_int("min_bucket", min_bucket)
+    if n_slots is not None:
+        _checks.positive_int("n_slots", n_slots)
+
+
 def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction=None,
               mesh: Mesh | None = None, n_slots: int | None = None,
-              ticks_per_block: int = 32, min_bucket: int = 2048, divergence_bound=1e8,
+              ticks_per_block: int = 32, min_bucket: int = MIN_BUCKET, divergence_bound=1e8,
               compact: bool = True) -> ExitRecord:
     """Exit records (numpy) of particles ``first`` .. ``first + n - 1``; see the module doc.
     ``compact=False`` puts every particle in a slot and runs one call, no compaction."""
+    check_options(n_slots, min_bucket)
     lay = _Layout(mesh)
     n_dev = lay.n_dev
     n_slots = n if not compact else (n_slots or default_slots())
@@ -162,7 +172,7 @@ def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction
         held = st != PAD
         at = lay.get(walk.ids)[held].astype(np.int64) - first
         status[at], exit_step[at] = st[held], lay.get(walk.exit_step)[held]
-        live = (st == RUNNING) & (age.astype(np.int64) * steps_per_tick < max_steps)
+        live = active(st, age.astype(np.int64), steps_per_tick, max_steps)
         if not live.any():
             break
         keep = np.flatnonzero(live)

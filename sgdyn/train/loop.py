@@ -265,10 +265,12 @@ def train(model, data: Dataset, optimizer_fn: OptimizerFn, *, lr, batch_size: in
         sharpness = np.asarray(sharp(state.params, jnp.asarray(seeds), x[:m], y[:m]))
     else:
         sharpness = np.full(seeds.shape, np.nan, np.float32)
-    keep = slice(0, n_seeds)  # drop the padding seeds
-    hist = {k: np.asarray(jnp.stack(v))[:, keep] for k, v in hist.items()}
-    seeds, lr, sharpness = seeds[keep], lr[keep], sharpness[keep]
-    state = jax.tree.map(lambda a: a[keep], state)
+    hist = {k: np.asarray(jnp.stack(v)) for k, v in hist.items()}
+    if seeds.size > n_seeds:  # drop the padding seeds
+        keep = slice(0, n_seeds)
+        hist = {k: v[:, keep] for k, v in hist.items()}
+        seeds, lr, sharpness = seeds[keep], lr[keep], sharpness[keep]
+        state = jax.tree.map(lambda a: a[keep], state)
     diverged = np.asarray(state.diverged)
     if diverged.any():
         warnings.warn(f"seeds {seeds[diverged].tolist()} diverged (non-finite loss or weights) at "
