@@ -8,6 +8,12 @@ train accuracy, their gap and the sharpness reached) as JSON and a figure, atomi
     python experiments/large_batch.py            # full run -> figures/large_batch.{json,png}
     python experiments/large_batch.py --quick    # < 1 min smoke run -> results/large_batch_quick/
 
+A killed run loses at most the method in training: each finished method is recorded in
+<out>/.large_batch_progress.json, and re-running the same command (same flags, hence the same
+calibration) keeps those and trains the rest; the file is removed once the table is written,
+and --fresh ignores it. Seeds fix every random number, so a resumed table equals an
+uninterrupted one.
+
 Noise scales left unset ("auto") are calibrated once, at the first seed's initial weights on
 512 training examples, from the average diagonal of the empirical Fisher fbar = mean_j F_jj:
 isotropic scale^2 = (1/b_S - 1/b_L) fbar (same total variance as the Fisher injection there);
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import sys
 import time
 import warnings
@@ -94,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     a("--methods", help="comma-separated subset of " + ",".join(METHODS))
     a("--quick", action="store_true", help="small, < 1 min run (explicit flags still win)")
     a("--out", help="output folder for large_batch.json and large_batch.png")
+    a("--fresh", action="store_true", help="ignore the progress of an interrupted run")
     return p
 
 
@@ -209,12 +217,33 @@ def prepare(cfg: dict):
     return methods, data, model
 
 
-def run_experiment(cfg: dict, prepared=None, log=print) -> dict:
-    """The work: train every method on every seed, return the results payload (no files)."""
+def _finished(progress_file, run_id: dict) -> dict:
+    """Summaries of the methods an interrupted run of the same configuration finished."""
+    if progress_file is None or not Path(progress_file).exists():
+        return {}
+    saved = json.loads(Path(progress_file).read_text())
+    if saved.get("run") != json.loads(json.dumps(run_id)):
+        return {}
+    for s in saved["done"].values():  # JSON wrote NaN (every seed diverged) as null
+        for k in METRICS:
+            s[k] = {stat: float("nan") if v is None else v for stat, v in s[k].items()}
+    return saved["done"]
+
+
+def run_experiment(cfg: dict, prepared=None, log=print, progress_file=None) -> dict:
+    """The work: train every method on every seed, return the results payload (no files).
+
+    With ``progress_file``, each finished method's summary is saved there (atomically) and
+    methods already saved by an interrupted run of the same flags are not trained again.
+    """
+    from sgdyn import io
     from sgdyn import train as T
 
     methods, data, model = prepared if prepared is not None else prepare(cfg)
     cal = calibrate(model, data, cfg)
+    run_id = {"flags": {k: v for k, v in cfg.items() if k not in ("out", "methods")},
+              "calibration": cal}
+    done = _finished(progress_file, run_id)
     seeds = list(range(cfg["seed"], cfg["seed"] + cfg["seeds"]))
     bs, bl, mom = cfg["small_batch"], cfg["large_batch"], cfg["momentum"]
     spec = {  # method -> (batch, optimizer kind, noise args, train() keywords)
@@ -227,6 +256,10 @@ def run_experiment(cfg: dict, prepared=None, log=print) -> dict:
     }
     results = {}
     for name in methods:
+        if name in done:
+            results[name] = done[name]
+            log(f"{name:16s} finished before the interruption: kept")
+            continue
         batch, kind, args, kw = spec[name]
         with warnings.catch_warnings():  # reported below, once, with the method's name
             warnings.filterwarnings("ignore", message="seeds .* diverged", category=RuntimeWarning)
@@ -242,6 +275,8 @@ def run_experiment(cfg: dict, prepared=None, log=print) -> dict:
             f"train {s['train_acc']['mean']:.3f}±{s['train_acc']['std']:.3f}  "
             f"sharpness {s['sharpness']['mean']:.3g}±{s['sharpness']['std']:.2g}  "
             f"({res.wall_time_s:.1f}s)")
+        if progress_file is not None:
+            io.write_json(progress_file, {"run": run_id, "done": {**done, **results}})
     return {"dataset": data.name, "n_train": data.n_train, "n_test": int(data.x_test.shape[0]),
             "seeds": seeds, "calibration": cal, "methods": results}
 
@@ -296,6 +331,7 @@ def main(argv=None) -> dict:
         cfg = {k: (v if getattr(ns, k, None) is None else getattr(ns, k))
                for k, v in base.items()}
         cfg["quick"] = bool(ns.quick)
+        fresh = bool(ns.fresh)
         prepared = prepare(cfg)
     except (_BadFlags, ValueError, TypeError) as e:
         print(f"large_batch.py: error: {e}".replace("\n", " "), file=sys.stderr)
@@ -306,16 +342,23 @@ def main(argv=None) -> dict:
 
     out = Path(cfg["out"])
     files = {"json": str(out / "large_batch.json"), "figure": str(out / "large_batch.png")}
-    results = run_experiment(cfg, prepared, log=lambda *a, **k: print(*a, **k, flush=True))
+    progress_file = out / ".large_batch_progress.json"
+    if fresh:
+        progress_file.unlink(missing_ok=True)
+    results = run_experiment(cfg, prepared, log=lambda *a, **k: print(*a, **k, flush=True),
+                             progress_file=progress_file)
     payload = {"provenance": io.provenance(), "flags": cfg, **results,
                "run_time_s": time.perf_counter() - t0, "outputs": files}
     fig = plot(payload)
     io.save_figure(fig, files["figure"])
     plt.close(fig)
     io.write_json(files["json"], payload)
+    progress_file.unlink(missing_ok=True)
     print(f"wrote {files['json']} and {files['figure']} ({payload['run_time_s']:.0f} s)")
     return payload
 
 
 if __name__ == "__main__":
-    main()
+    from sgdyn.cli import run_main
+
+    sys.exit(run_main(main))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,3 +65,34 @@ def test_bad_flag_in_a_subprocess_has_no_traceback():
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "seeds" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_killed_run_resumes_without_retraining_finished_methods(tmp_path, monkeypatch):
+    import sgdyn.train
+
+    mod = _module()
+    argv = ["--quick", "--methods", "small,large", "--seeds", "2", "--epochs", "2",
+            "--sharpness-iters", "0"]
+    trained, real = [], sgdyn.train.train
+
+    def train(*a, **kw):
+        trained.append(kw["batch_size"])
+        if len(trained) == 2 and kill:  # the second method is killed mid-run
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sgdyn.train, "train", train)
+    kill = True
+    with pytest.raises(KeyboardInterrupt):
+        mod.main(argv + ["--out", str(tmp_path / "run")])
+    assert (tmp_path / "run" / ".large_batch_progress.json").exists()
+    assert not (tmp_path / "run" / "large_batch.json").exists()
+    kill, trained[:] = False, []
+    resumed = mod.main(argv + ["--out", str(tmp_path / "run")])
+    assert trained == [400]  # only the large batch was trained again
+    assert not (tmp_path / "run" / ".large_batch_progress.json").exists()
+    whole = mod.main(argv + ["--out", str(tmp_path / "whole")])
+    for name in ("small", "large"):
+        a, b = resumed["methods"][name], whole["methods"][name]
+        for k in (*mod.METRICS, "curves"):  # bit-identical to an uninterrupted run
+            np.testing.assert_equal(a[k], b[k], err_msg=f"{name} {k}")
