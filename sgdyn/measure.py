@@ -176,7 +176,8 @@ def sample_stationary(key, dynamic, x0, n_particles: int, burn_in: int, n_sample
 
     Validates its arguments, then runs the jitted ``simulate_samples``. Returns
     (samples of shape (n_samples, n_particles, d), diverged mask of shape (n_particles,)).
-    Diverged particles (NaN/inf, |x| > 1e8) are frozen and flagged; drop them before fitting.
+    Diverged particles (NaN/inf, |x| > 1e8) are flagged and NaN from the tick they diverged;
+    drop them before fitting.
     Memory is n_samples * n_particles * d numbers; steps are rounded up to whole ticks.
     """
     n_particles = _checks.positive_int("n_particles", n_particles)
