@@ -82,33 +82,32 @@ def _diverged(x, bound):
     return ~jnp.all(jnp.abs(x) <= bound, axis=-1)
 
 
-def _tick(key, dynamic, walk: _Walk, spec: NoiseSpec, visit, share_words: bool = True):
+def _tick(key, dynamic, x, ids, age, spec: NoiseSpec, visit, share_words: bool = True):
     """Advance every particle through one tick (the steps one Threefry call per particle feeds).
 
-    ``visit(walk, x_old, x_new, extra, step_index) -> walk`` folds one step into the state.
-    ``share_words``: compute the tick's random words once, into a buffer that every step
-    reads (see below); without it XLA may fuse them into the steps that use them.
+    ``x`` (N, d) are the states, ``ids`` the particles' streams, ``age`` their tick counters
+    (one per particle or one for all). ``visit(x_old, x_new, extra, substep) -> x`` folds
+    one step into the state. ``share_words``: compute the tick's random words once, into a
+    buffer every step reads; left to itself XLA may fuse Threefry into each step that reads
+    a word, recomputing all 20 rounds per step, when the steps land in separate passes.
     """
     steps, calls = rng.plan(spec)
-    # computed once per tick into a buffer: left to itself XLA fuses Threefry into each step
-    # that reads a word, recomputing all 20 rounds per step
-    words = rng.threefry_words(key, walk.ids, walk.age * calls, calls)
+    words = rng.threefry_words(key, ids, age * calls, calls)
     if share_words:
         words = jax.lax.optimization_barrier(words)
     step = jax.vmap(dynamic.step)
     n_dyn = len(dynamic.noise_spec.parts)
 
-    def substep(s, w):
+    def substep(s, x):
         noise = rng.take(words, s, spec)
-        x_new = step(w.x, noise[:n_dyn])
-        return visit(w, w.x, x_new, noise[n_dyn:], walk.age * steps + s)
+        return visit(x, step(x, noise[:n_dyn]), noise[n_dyn:], s)
 
     if steps <= 4:  # Gaussian or three-point increments: unroll the (at most four) steps
         for s in range(steps):
-            walk = substep(s, walk)
-    else:  # bit-packed increments: up to 64 steps per tick, in a loop to keep compiles small
-        walk = jax.lax.fori_loop(0, steps, substep, walk)
-    return walk._replace(age=walk.age + 1)
+            x = substep(s, x)
+        return x
+    # bit-packed increments: up to 64 steps per tick, in a loop to keep compiles small
+    return jax.lax.fori_loop(0, steps, substep, x)
 
 
 def init_walk(dynamic, x0, ids) -> _Walk:
@@ -148,6 +147,48 @@ def _refill(walk: _Walk, queue: _Queue, x0, live) -> tuple[_Walk, _Queue]:
     return walk, queue
 
 
+# A tick's only output is the state x: XLA then fuses all of a tick's steps into one pass over
+# the slots, where separate status and exit-step outputs split it into several passes that
+# each redo the steps (2-4x slower on a CPU). So a particle that leaves during a block is
+# marked in x itself, by a NaN whose payload (mantissa bits, which selects and copies keep;
+# no arithmetic ever touches it) says at which step of the block it left and whether it
+# diverged; ``_settle`` turns the marks into statuses and exit steps once per block.
+_QUIET_NAN = {4: (jnp.uint32, 0x7FC00000), 8: (jnp.uint64, 0x7FF8000000000000)}
+_PAYLOAD_BITS = {4: 22, 8: 51}
+
+
+def _outcome_nan(payload, dtype):
+    """A quiet NaN carrying the non-negative integer ``payload``."""
+    uint, nan = _QUIET_NAN[jnp.dtype(dtype).itemsize]
+    return jax.lax.bitcast_convert_type(uint(nan) | payload.astype(uint), dtype)
+
+
+def _outcome_payload(x):
+    """The payload of NaNs made by ``_outcome_nan`` (garbage for other values)."""
+    uint, _ = _QUIET_NAN[x.dtype.itemsize]
+    mask = uint((1 << _PAYLOAD_BITS[x.dtype.itemsize]) - 1)
+    return (jax.lax.bitcast_convert_type(x, uint) & mask).astype(jnp.int32)
+
+
+def _check_block(ticks_per_block, steps_per_tick: int, dtype) -> None:
+    limit = 2 ** _PAYLOAD_BITS[jnp.dtype(dtype).itemsize] // (2 * steps_per_tick)
+    if not 1 <= int(ticks_per_block) <= limit:
+        raise ValueError(f"ticks_per_block must be an integer in [1, {limit}], "
+                         f"got {ticks_per_block!r}")
+
+
+def _settle(w: _Walk, x, running, steps_per_tick: int, ticks: int) -> _Walk:
+    """The walk after a block: marked slots get their status and exit step."""
+    marked = running & jnp.isnan(x[:, 0])
+    payload = _outcome_payload(x[:, 0])
+    left = jnp.where(payload % 2 == 1, DIVERGED, ESCAPED)
+    return _Walk(x=x,
+                 status=jnp.where(marked, left, w.status).astype(jnp.int8),
+                 exit_step=jnp.where(marked, w.age * steps_per_tick + payload // 2 + 1,
+                                     w.exit_step),
+                 age=w.age + ticks, ids=w.ids)
+
+
 def advance_exits(key, dynamic, region, walk: _Walk, t_max, *, queue: _Queue | None = None,
                   x0=None, stop_below=0, correction=None, ticks_per_block: int = 32,
                   divergence_bound=1e8) -> tuple[_Walk, _Queue | None]:
@@ -162,28 +203,33 @@ def advance_exits(key, dynamic, region, walk: _Walk, t_max, *, queue: _Queue | N
     spec = exit_spec(dynamic, correction)
     steps_per_tick = rng.plan(spec)[0]
     max_steps = _max_steps(dynamic, t_max)
-
-    def visit(w, x_old, x_new, extra, k):
-        live = (w.status == RUNNING) & (k < max_steps)
-        bad = _diverged(x_new, divergence_bound)
-        uniform = extra[0][:, 0] if extra else jnp.zeros(x_new.shape[0])
-        out = jax.vmap(lambda a, b, u: exited(region, dynamic, a, b, u, correction))(
-            x_old, x_new, uniform)
-        new_status = jnp.where(bad, DIVERGED, jnp.where(out, ESCAPED, RUNNING))
-        done = live & (new_status != RUNNING)
-        return w._replace(
-            x=jnp.where((live & ~bad)[:, None], x_new, w.x),
-            status=jnp.where(live, new_status, w.status).astype(jnp.int8),
-            exit_step=jnp.where(done, k + 1, w.exit_step),
-        )
+    _check_block(ticks_per_block, steps_per_tick, walk.x.dtype)
 
     def block(state):
         w, q = state
+        running = w.status == RUNNING
+        # finished and empty slots are NaN: they take no part (see _outcome_nan)
+        x = jnp.where(running[:, None], w.x, jnp.nan)
 
-        def body(w, _):
-            return _tick(key, dynamic, w, spec, visit), None
+        def body(carry, _):
+            x, t = carry  # t: the tick within the block, a scalar carried (not scanned over:
+            # reading it from an array made XLA index it per element, unvectorised)
 
-        w = jax.lax.scan(body, w, None, length=ticks_per_block)[0]
+            def visit(x_old, x_new, extra, s):
+                live = ~jnp.isnan(x_old[:, 0]) & ((w.age + t) * steps_per_tick + s < max_steps)
+                bad = _diverged(x_new, divergence_bound)
+                uniform = extra[0][:, 0] if extra else jnp.zeros(x_new.shape[0])
+                out = jax.vmap(lambda a, b, u: exited(region, dynamic, a, b, u, correction))(
+                    x_old, x_new, uniform)
+                code = _outcome_nan((t * steps_per_tick + s) * 2 + bad, x_new.dtype)
+                return jnp.where((live & (bad | out))[:, None], code[:, None],
+                                 jnp.where(live[:, None], x_new, x_old))
+
+            x = _tick(key, dynamic, x, w.ids, w.age + t, spec, visit)
+            return (x, t + 1), None
+
+        x = jax.lax.scan(body, (x, jnp.int32(0)), None, length=ticks_per_block)[0][0]
+        w = _settle(w, x, running, steps_per_tick, ticks_per_block)
         if q is not None:
             w, q = _refill(w, q, x0, active(w.status, w.age, steps_per_tick, max_steps))
         return w, q
@@ -253,28 +299,25 @@ def simulate_samples(key, dynamic, x0, n_particles: int, burn_in: int, n_samples
     burn_ticks, thin_ticks = -(-burn_in // g), max(1, -(-thin // g))
     ids = first_particle + jnp.arange(n_particles, dtype=jnp.uint32)
 
-    def visit(walk, x_old, x_new, extra, k):
-        return walk._replace(x=x_new)
+    def advance(state, n_ticks):
+        # as in an exit run (see _outcome_nan), the state is a tick's only output, so the
+        # whole tick fuses into one pass; the words need no buffer then (faster without)
+        def body(state, _):
+            x, age = state
+            new = _tick(key, dynamic, x, ids, age, spec, lambda x_old, x_new, extra, s: x_new,
+                        share_words=False)
+            bad = _diverged(new, divergence_bound) | jnp.isnan(x[:, 0])
+            return (jnp.where(bad[:, None], jnp.nan, new), age + 1), None
 
-    def advance(walk, n_ticks):
-        # The state is the only output of a tick, so XLA fuses the whole tick (Threefry,
-        # decoding, every step, the check) into one pass; a second output (a status array)
-        # split it into several passes, each recomputing the steps: 1.3-1.7x slower. For the
-        # same reason the Threefry words are not shared through a buffer here.
-        def body(w, _):
-            new = _tick(key, dynamic, w, spec, visit, share_words=False)
-            bad = _diverged(new.x, divergence_bound) | jnp.isnan(w.x[:, 0])
-            return new._replace(x=jnp.where(bad[:, None], jnp.nan, new.x)), None
-
-        return jax.lax.scan(body, walk, None, length=n_ticks)[0]
+        return jax.lax.scan(body, state, None, length=n_ticks)[0]
 
     # every particle has the same age here: one counter instead of an array
-    walk = init_walk(dynamic, x0, ids)._replace(age=jnp.int32(0))
-    walk = advance(walk, burn_ticks) if burn_ticks else walk
+    state = (init_walk(dynamic, x0, ids).x, jnp.int32(0))
+    state = advance(state, burn_ticks) if burn_ticks else state
 
-    def sample(w, _):
-        w = advance(w, thin_ticks)
-        return w, w.x
+    def sample(state, _):
+        state = advance(state, thin_ticks)
+        return state, state[0]
 
-    walk, xs = jax.lax.scan(sample, walk, None, length=n_samples)
-    return SampleRecord(xs, jnp.isnan(walk.x[:, 0]), thin_ticks * g, burn_ticks * g)
+    (x, _), xs = jax.lax.scan(sample, state, None, length=n_samples)
+    return SampleRecord(xs, jnp.isnan(x[:, 0]), thin_ticks * g, burn_ticks * g)

@@ -317,6 +317,32 @@ def _small_run(**kw):
                                  2.0, **kw)
 
 
+class _Ramp:
+    """x_{k+1} = x_k + 1 whatever the noise: from 0 it passes k - 1/2 exactly at step k."""
+
+    dim, dt = 1, 0.5
+
+    def __init__(self, kind):
+        self.noise_spec = rng.NoiseSpec(((kind, 1),))
+
+    def step(self, x, noise):
+        return x + 1.0 + 0.0 * noise[0]
+
+
+@pytest.mark.parametrize("kind", ["normal", "three_point", "two_point"])
+def test_exit_and_divergence_steps_are_exact_anywhere_in_a_tick_or_block(kind):
+    # ticks of 2, 4 or 64 steps, blocks of 4 ticks: steps at both edges of ticks and blocks
+    dyn = _Ramp(kind)
+    run = jax.jit(lambda region, bound: sg.simulate_exits(
+        jax.random.key(0), dyn, region, jnp.zeros(1), 8, 1e4, ticks_per_block=4,
+        divergence_bound=bound))
+    for k in (1, 2, 3, 4, 5, 7, 8, 9, 63, 64, 65, 255, 256, 257, 1000):
+        rec = run(sg.Threshold(k - 0.5), 1e8)
+        assert np.all(np.asarray(rec.escaped)) and np.all(np.asarray(rec.time) == k * 0.5), k
+        rec = run(sg.Threshold(1e6), k - 0.5)
+        assert np.all(np.asarray(rec.diverged)) and np.all(np.asarray(rec.time) == k * 0.5), k
+
+
 def test_same_key_same_result_and_chunking_changes_nothing():
     # n_slots=256: each slot is refilled ~12 times, then the stragglers are compacted twice
     a, b, c = _small_run(), _small_run(), _small_run(chunk_size=700)
@@ -398,6 +424,7 @@ def test_divergent_samples_are_flagged_and_nan_from_then_on(increments):
         (lambda: sg.KramersWell.make(1.0, 1.0, float("nan")), "barrier"),
         (lambda: _small_run(correction="exact"), "correction"),
         (lambda: _small_run(n_slots=0), "n_slots"),
+        (lambda: _small_run(ticks_per_block=0), "ticks_per_block"),
         (lambda: sg.sweep_exit_times(jax.random.key(0), [sg.EulerMaruyama.make(OU)],
                                      sg.Interval.make(-R, R), [0.0], 100, 1.0, min_bucket=-1),
          "min_bucket"),
