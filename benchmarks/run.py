@@ -62,7 +62,7 @@ FULL = dict(
     sweep=dict(dt=0.01, n=80_000, scales=list(np.linspace(0.95, 1.15, 8))),
     tolerance=TOLERANCE,
     memory=dict(n=1_000_000, steps=(1_000, 100_000)),
-    sharding=dict(n=200_000, dt=0.04),
+    sharding=dict(n=1_000_000, dt=0.04),
     training=dict(seeds=8, epochs=2, batch_size=32),
 )
 QUICK = dict(

@@ -9,9 +9,9 @@ of the work. The loop therefore hands back to the host when at most 1/``SHRINK``
 still run, and the host *compacts*: the running particles are packed into the next power of
 two (>= ``min_bucket``) and go on. Each array size compiles once per process; with the
 defaults (S = 16384 on a CPU, SHRINK = 8, min_bucket = 2048) that is two sizes. Measured on
-2 CPU cores for 80000 three-point PLD particles: 0.38 s once compiled, 2.0 s for a first call;
-a ladder of quarters down to 512 took 0.33 s and 3.4 s. Particles keep their ids and ages, so
-none of this changes a single number.
+2 CPU cores for 80000 three-point PLD particles: 0.15-0.22 s once compiled, 1.4-1.8 s for a
+first call; without compaction (min_bucket = S) 0.25 s and 1.1 s, one size less to compile.
+Particles keep their ids and ages, so none of this changes a single number.
 
 With a device mesh (``sgdyn.sharding``) every device runs its own queue (a contiguous range of
 particle ids) and its own slots in its own while loop; compaction gathers the running
