@@ -17,8 +17,8 @@ clock; running particles in chunks, refilled slots, on several devices, or all a
 bit-identical per-particle results. Times are in t = k * lr units (k steps of size dt).
 
 Particles whose state becomes NaN/inf or leaves the box |x_j| < divergence_bound are *diverged*:
-counted apart, neither escaped nor censored (an exit run freezes them, a sample run makes them
-NaN from then on).
+counted apart, neither escaped nor censored (an exit run records the step at which they
+diverged, a sample run makes their state NaN from then on).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class _Walk(NamedTuple):
     """The slots of a run: each holds one particle (stream ``ids``) at ``age`` ticks since its
     start. Ages are per slot, so a slot can be refilled with a new particle mid-run."""
 
-    x: jax.Array  # (N, d)
+    x: jax.Array  # (N, d); NaN once the slot's particle is done (see _outcome_nan)
     status: jax.Array  # (N,) int8: RUNNING, ESCAPED, DIVERGED or PAD (an empty slot)
     exit_step: jax.Array  # (N,) int32, steps until the exit (0 while running)
     age: jax.Array  # (N,) int32 ticks since the particle started
@@ -208,8 +208,10 @@ def advance_exits(key, dynamic, region, walk: _Walk, t_max, *, queue: _Queue | N
     def block(state):
         w, q = state
         running = w.status == RUNNING
-        # finished and empty slots are NaN: they take no part (see _outcome_nan)
-        x = jnp.where(running[:, None], w.x, jnp.nan)
+        # finished and empty slots are NaN: they take no part (see _outcome_nan); a running
+        # particle is NaN here only if it started so (x0 NaN): it diverges at its first step
+        started_nan = _outcome_nan(jnp.ones_like(w.age), w.x.dtype)[:, None]
+        x = jnp.where(running[:, None], jnp.where(jnp.isnan(w.x), started_nan, w.x), jnp.nan)
 
         def body(carry, _):
             x, t = carry  # t: the tick within the block, a scalar carried (not scanned over:

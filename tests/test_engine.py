@@ -393,6 +393,18 @@ def test_divergent_particles_are_counted_apart():
     assert res.estimate.mean == math.inf  # no escape: no finite estimate, and no NaN
 
 
+@pytest.mark.parametrize("x0", [np.nan, np.inf])
+def test_kernel_started_at_nan_or_inf_diverges_at_the_first_step(x0):
+    # the jitted kernel cannot raise (measure_exit_times refuses such an x0 up front), but it
+    # must not call a particle that never had a finite state escaped
+    sde = sg.SDE.make(sg.Quadratic.make(1.0), sg.Isotropic.make(1.0), lr=0.1, batch_size=1)
+    for increments in ("gaussian", "two_point"):
+        rec = sg.simulate_exits(jax.random.key(0), sg.EulerMaruyama.make(sde, 0.01, increments),
+                                sg.Interval.make(-1.0, 1.0), jnp.array([x0]), 4, 5.0)
+        assert np.all(np.asarray(rec.diverged)) and not np.any(np.asarray(rec.escaped))
+        np.testing.assert_allclose(np.asarray(rec.time), 0.01)
+
+
 @pytest.mark.parametrize("increments", ["gaussian", "two_point"])
 def test_divergent_samples_are_flagged_and_nan_from_then_on(increments):
     # lr * h = 2.5 > 2: the discrete chain grows by 1.5 per step from 0.1 (faster with noise),
