@@ -154,7 +154,7 @@ def _refill(walk: _Walk, queue: _Queue, x0, live) -> tuple[_Walk, _Queue]:
 # no arithmetic ever touches it) says at which step of the block it left and whether it
 # diverged; ``_settle`` turns the marks into statuses and exit steps once per block.
 _QUIET_NAN = {4: (jnp.uint32, 0x7FC00000), 8: (jnp.uint64, 0x7FF8000000000000)}
-_PAYLOAD_BITS = {4: 22, 8: 51}
+_PAYLOAD_BITS = {4: 22, 8: 31}  # float32 has 22 free mantissa bits; payloads are int32
 
 
 def _outcome_nan(payload, dtype):

@@ -329,6 +329,19 @@ class _Ramp:
         return x + 1.0 + 0.0 * noise[0]
 
 
+def test_exit_marks_are_nans_that_keep_their_payload():
+    from sgdyn import ensemble
+
+    for dtype, top in ((jnp.float32, 2**22 - 1), (jnp.float64, 2**31 - 1)):
+        with jax.enable_x64(dtype == jnp.float64):
+            payload = jnp.array([0, 1, 2, 12345, top], jnp.int32)
+            marks = ensemble._outcome_nan(payload, dtype)
+            assert marks.dtype == dtype and bool(jnp.all(jnp.isnan(marks)))
+            # through a select and a jitted copy, as in the kernel
+            kept = jax.jit(lambda m: jnp.where(m > 0, 0.0, m))(marks)
+            np.testing.assert_array_equal(ensemble._outcome_payload(kept), payload)
+
+
 @pytest.mark.parametrize("kind", ["normal", "three_point", "two_point"])
 def test_exit_and_divergence_steps_are_exact_anywhere_in_a_tick_or_block(kind):
     # ticks of 2, 4 or 64 steps, blocks of 4 ticks: steps at both edges of ticks and blocks
