@@ -280,7 +280,11 @@ f = jax.jit(sg.simulate_samples, static_argnums=(3, 4, 5, 6))
 import time; t0 = time.perf_counter()
 rec = jax.block_until_ready(f(jax.random.key(0), dyn, jnp.zeros(1), n, steps, 1, 1))
 t = time.perf_counter() - t0
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, t, rec.burn_in_steps + rec.thin_steps)
+try:  # this process's own peak: ru_maxrss keeps the parent's peak across fork + exec on Linux
+    peak_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+except OSError:
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(peak_kb, t, rec.burn_in_steps + rec.thin_steps)
 """
 
 
