@@ -237,7 +237,6 @@ def run_sweep(cfg):
         return lambda: [r.estimate for r in sg.sweep_exit_times(key, dynamics, regions, [0.0], n,
                                                                 t_max, **kw)]
 
-
     def np_loop():
         return [_estimate(*r) for r in alt.numpy_sweep(probs, n, dt, t_alt)]
 

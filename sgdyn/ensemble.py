@@ -67,14 +67,11 @@ class _Queue(NamedTuple):
     exit_step: jax.Array  # (M,) int32
 
 
-def _spec_with_uniform(spec: NoiseSpec, extra_uniform: bool) -> NoiseSpec:
-    return NoiseSpec(spec.parts + ((("uniform", 1),) if extra_uniform else ()))
-
-
 def exit_spec(dynamic, correction) -> NoiseSpec:
     """What one step of an exit run consumes: the dynamic's noise, plus a uniform for the
     Brownian-bridge test."""
-    return _spec_with_uniform(dynamic.noise_spec, correction == "bridge")
+    bridge = (("uniform", 1),) if correction == "bridge" else ()
+    return NoiseSpec(dynamic.noise_spec.parts + bridge)
 
 
 def _diverged(x, bound):
@@ -110,12 +107,16 @@ def _tick(key, dynamic, x, ids, age, spec: NoiseSpec, visit, share_words: bool =
     return jax.lax.fori_loop(0, steps, substep, x)
 
 
+def _starts(dynamic, x0, n: int):
+    """n copies of the start x0, shape (n, d), in the engine's float type."""
+    return jnp.broadcast_to(jnp.asarray(x0, jnp.zeros(()).dtype), (n, dynamic.dim))
+
+
 def init_walk(dynamic, x0, ids) -> _Walk:
     """One slot per entry of ``ids``, each particle at x0, running, age 0."""
     n = ids.shape[0]
-    x0 = jnp.broadcast_to(jnp.asarray(x0, jnp.zeros(()).dtype), (n, dynamic.dim))
-    return _Walk(x0, jnp.zeros(n, jnp.int8), jnp.zeros(n, jnp.int32), jnp.zeros(n, jnp.int32),
-                 jnp.asarray(ids, jnp.uint32))
+    return _Walk(_starts(dynamic, x0, n), jnp.zeros(n, jnp.int8), jnp.zeros(n, jnp.int32),
+                 jnp.zeros(n, jnp.int32), jnp.asarray(ids, jnp.uint32))
 
 
 def _max_steps(dynamic, t_max):
@@ -314,7 +315,7 @@ def simulate_samples(key, dynamic, x0, n_particles: int, burn_in: int, n_samples
         return jax.lax.scan(body, state, None, length=n_ticks)[0]
 
     # every particle has the same age here: one counter instead of an array
-    state = (init_walk(dynamic, x0, ids).x, jnp.int32(0))
+    state = (_starts(dynamic, x0, n_particles), jnp.int32(0))
     state = advance(state, burn_ticks) if burn_ticks else state
 
     def sample(state, _):

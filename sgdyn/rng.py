@@ -114,7 +114,7 @@ def _uniform(words):
     return ((words >> 9).astype(jnp.float32) + 0.5) * (1.0 / (1 << 23))
 
 
-def _decode(kind, words, n_index=None):
+def _decode(kind, words):
     dtype = jnp.zeros(()).dtype  # float64 when x64 is enabled
     if kind == "normal":
         u = _uniform(words).astype(dtype)
