@@ -119,8 +119,13 @@ def init_walk(dynamic, x0, ids) -> _Walk:
                  jnp.zeros(n, jnp.int32), jnp.asarray(ids, jnp.uint32))
 
 
-def _max_steps(dynamic, t_max):
-    return jnp.ceil(t_max / dynamic.dt - 1e-9).astype(jnp.int32)
+def max_steps(dt, t_max, xp=jnp):
+    """Steps before a run is censored: ceil(t_max / dt) in the float type of dt and t_max, a
+    t_max within a few rounding errors of a multiple of dt counting as that multiple (float32
+    0.18 / 0.02 is 9.0000005: 9 steps, not 10). Computed once per run and handed to the
+    kernel as an integer, so the host and the kernel never disagree on when a run ends."""
+    ratio = xp.asarray(t_max) / xp.asarray(dt)
+    return xp.ceil(ratio * (1 - 4 * xp.finfo(ratio.dtype).eps)).astype(xp.int32)
 
 
 def active(status, age, steps_per_tick: int, max_steps):
@@ -190,10 +195,11 @@ def _settle(w: _Walk, x, running, steps_per_tick: int, ticks: int) -> _Walk:
                  age=w.age + ticks, ids=w.ids)
 
 
-def advance_exits(key, dynamic, region, walk: _Walk, t_max, *, queue: _Queue | None = None,
+def advance_exits(key, dynamic, region, walk: _Walk, max_steps, *, queue: _Queue | None = None,
                   x0=None, stop_below=0, correction=None, ticks_per_block: int = 32,
                   divergence_bound=1e8) -> tuple[_Walk, _Queue | None]:
-    """Step the slots of ``walk`` until no particle is running.
+    """Step the slots of ``walk`` until no particle is running (a particle still inside after
+    ``max_steps`` steps stops there: censored).
 
     With a ``queue``, after every block of ``ticks_per_block`` ticks each finished slot takes
     the next waiting particle (started at ``x0``), so the array stays full until the queue is
@@ -203,7 +209,6 @@ def advance_exits(key, dynamic, region, walk: _Walk, t_max, *, queue: _Queue | N
     """
     spec = exit_spec(dynamic, correction)
     steps_per_tick = rng.plan(spec)[0]
-    max_steps = _max_steps(dynamic, t_max)
     _check_block(ticks_per_block, steps_per_tick, walk.x.dtype)
 
     def block(state):
@@ -247,9 +252,10 @@ def advance_exits(key, dynamic, region, walk: _Walk, t_max, *, queue: _Queue | N
     return jax.lax.while_loop(keep_going, block, (walk, queue))
 
 
-def exit_record(dynamic, status, exit_step, t_max) -> ExitRecord:
-    """Per-particle exit times (or censoring times) from final statuses and exit steps."""
-    t_cens = _max_steps(dynamic, t_max) * dynamic.dt
+def exit_record(dynamic, status, exit_step, max_steps) -> ExitRecord:
+    """Per-particle exit times (or censoring times, after ``max_steps`` steps) from final
+    statuses and exit steps."""
+    t_cens = max_steps * dynamic.dt
     censored = status == RUNNING
     time = jnp.where(censored, t_cens, exit_step * dynamic.dt)
     return ExitRecord(time, status == ESCAPED, status == DIVERGED, censored, t_cens)
@@ -274,10 +280,11 @@ def simulate_exits(key, dynamic, region, x0, n_particles: int, t_max, *, correct
     Returns: an ``ExitRecord``.
     """
     ids = first_particle + jnp.arange(n_particles, dtype=jnp.uint32)
-    walk, _ = advance_exits(key, dynamic, region, init_walk(dynamic, x0, ids), t_max,
+    n_steps = max_steps(dynamic.dt, t_max)
+    walk, _ = advance_exits(key, dynamic, region, init_walk(dynamic, x0, ids), n_steps,
                             correction=correction, ticks_per_block=ticks_per_block,
                             divergence_bound=divergence_bound)
-    return exit_record(dynamic, walk.status, walk.exit_step, t_max)
+    return exit_record(dynamic, walk.status, walk.exit_step, n_steps)
 
 
 class SampleRecord(NamedTuple):

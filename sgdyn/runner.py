@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from . import _checks
 from .ensemble import PAD, RUNNING, ExitRecord, _Queue, _Walk, active, advance_exits, \
-    exit_record, exit_spec
+    exit_record, exit_spec, max_steps
 from .rng import plan
 
 AXIS = "particles"
@@ -56,9 +56,11 @@ def compacted_size(n_running: int, min_bucket: int, multiple: int = 1) -> int:
 
 
 def run_limits(dynamic, t_max, correction) -> tuple[int, int]:
-    """(steps per tick, total steps before censoring) of an exit run, as host integers."""
+    """(steps per tick, total steps before censoring) of an exit run, as host integers; the
+    kernel is handed the latter, so the host and the kernel agree on when a run ends."""
+    dtype = jnp.zeros(()).dtype
     return (plan(exit_spec(dynamic, correction))[0],
-            int(np.ceil(float(t_max) / float(dynamic.dt) - 1e-9)))
+            int(max_steps(np.asarray(dynamic.dt), np.asarray(t_max, dtype), xp=np)))
 
 
 class _Layout:
@@ -103,10 +105,10 @@ def _take_fn(mesh):
 def _advance_fn(mesh, correction, ticks_per_block: int, divergence_bound: float):
     """jit(advance_exits) with a queue; over a mesh, one loop per device (shard_map)."""
 
-    def local(key, dynamic, region, x0, t_max, stop_below, walk, q_next, q_end, q_first,
+    def local(key, dynamic, region, x0, n_steps, stop_below, walk, q_next, q_end, q_first,
               out_status, out_step):
         queue = _Queue(q_next[0], q_end[0], q_first[0], out_status, out_step)
-        walk, queue = advance_exits(key, dynamic, region, walk, t_max, queue=queue, x0=x0,
+        walk, queue = advance_exits(key, dynamic, region, walk, n_steps, queue=queue, x0=x0,
                                     stop_below=stop_below, correction=correction,
                                     ticks_per_block=ticks_per_block,
                                     divergence_bound=divergence_bound)
@@ -154,15 +156,15 @@ def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction
     out_step = lay.put(np.zeros(n_dev * per_queue, np.int32))
 
     advance = _advance_fn(mesh, correction, int(ticks_per_block), float(divergence_bound))
-    steps_per_tick, max_steps = run_limits(dynamic, t_max, correction)
-    x0_dev, t_max_dev = jnp.asarray(x0, dtype), jnp.asarray(t_max, dtype)
+    steps_per_tick, n_steps = run_limits(dynamic, t_max, correction)
+    x0_dev, n_steps_dev = jnp.asarray(x0, dtype), jnp.asarray(n_steps, jnp.int32)
     status = exit_step = None
     while True:
         stop_below = 0
         if compact and compacted_size(size // SHRINK, min_bucket, n_dev) < size:
             stop_below = size // SHRINK // n_dev  # per device
         walk, q_next, out_status, out_step = advance(
-            key, dynamic, region, x0_dev, t_max_dev, jnp.asarray(stop_below, jnp.int32), walk,
+            key, dynamic, region, x0_dev, n_steps_dev, jnp.asarray(stop_below, jnp.int32), walk,
             q_next, q_end, q_first, out_status, out_step)
         if status is None:  # every queue is empty from the first return on: outcomes are final
             assert np.all(lay.get(q_next) >= lay.get(q_end))
@@ -172,7 +174,7 @@ def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction
         held = st != PAD
         at = lay.get(walk.ids)[held].astype(np.int64) - first
         status[at], exit_step[at] = st[held], lay.get(walk.exit_step)[held]
-        live = active(st, age.astype(np.int64), steps_per_tick, max_steps)
+        live = active(st, age.astype(np.int64), steps_per_tick, n_steps)
         if not live.any():
             break
         keep = np.flatnonzero(live)
@@ -180,7 +182,7 @@ def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction
         take = np.concatenate([keep, np.full(size - keep.size, keep[0])])
         walk = lay.take(walk, take)._replace(
             status=lay.put(np.where(np.arange(size) < keep.size, RUNNING, PAD).astype(np.int8)))
-    return to_numpy(_record(dynamic, jnp.asarray(status), jnp.asarray(exit_step), t_max))
+    return to_numpy(_record(dynamic, jnp.asarray(status), jnp.asarray(exit_step), n_steps_dev))
 
 
 _record = jax.jit(exit_record)

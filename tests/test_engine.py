@@ -356,6 +356,20 @@ def test_exit_and_divergence_steps_are_exact_anywhere_in_a_tick_or_block(kind):
         assert np.all(np.asarray(rec.diverged)) and np.all(np.asarray(rec.time) == k * 0.5), k
 
 
+def test_censored_runs_end_at_t_max_as_the_kernel_counts_it():
+    # float32 dt = 0.02 is 0.0199999995: t_max = 0.18 is 9 steps in float32 but 10 in float64
+    # (2.56: 128 vs 129). The host once counted in float64 and, waiting for a step the kernel
+    # never took, looped forever once every particle left was censored.
+    sde = sg.SDE.make(sg.Quadratic.make(1.0), sg.Isotropic.make(1.0), lr=0.1, batch_size=1)
+    dyn, region = sg.EulerMaruyama.make(sde, 0.02), sg.Interval.make(-1e3, 1e3)
+    for t_max, steps in ((0.18, 9), (0.66, 33), (2.56, 128)):
+        rec = sg.measure_exit_times(jax.random.key(0), dyn, region, [0.0], 64, t_max).record
+        raw = sg.simulate_exits(jax.random.key(0), dyn, region, jnp.zeros(1), 64, t_max)
+        assert np.all(rec.censored) and np.all(np.asarray(raw.censored))
+        np.testing.assert_array_equal(rec.time, np.float32(steps) * np.float32(0.02))
+        np.testing.assert_array_equal(rec.time, np.asarray(raw.time))
+
+
 def test_same_key_same_result_and_chunking_changes_nothing():
     # n_slots=256: each slot is refilled ~12 times, then the stragglers are compacted twice
     a, b, c = _small_run(), _small_run(), _small_run(chunk_size=700)
