@@ -121,11 +121,12 @@ def init_walk(dynamic, x0, ids) -> _Walk:
 
 def max_steps(dt, t_max, xp=jnp):
     """Steps before a run is censored: ceil(t_max / dt) in the float type of dt and t_max, a
-    t_max within a few rounding errors of a multiple of dt counting as that multiple (float32
-    0.18 / 0.02 is 9.0000005: 9 steps, not 10). Computed once per run and handed to the
-    kernel as an integer, so the host and the kernel never disagree on when a run ends."""
+    ratio a few rounding errors (at most 1e-3 steps) above an integer counting as that integer
+    (float32 0.18 / 0.02 is 9.0000005: 9 steps, not 10). Computed once per run and handed to
+    the kernel as an integer, so the host and the kernel never disagree on when a run ends."""
     ratio = xp.asarray(t_max) / xp.asarray(dt)
-    return xp.ceil(ratio * (1 - 4 * xp.finfo(ratio.dtype).eps)).astype(xp.int32)
+    slack = xp.minimum(4 * xp.finfo(ratio.dtype).eps * ratio, 1e-3)
+    return xp.ceil(ratio - slack).astype(xp.int32)
 
 
 def active(status, age, steps_per_tick: int, max_steps):
@@ -135,22 +136,42 @@ def active(status, age, steps_per_tick: int, max_steps):
 
 def _refill(walk: _Walk, queue: _Queue, x0, live) -> tuple[_Walk, _Queue]:
     """Every slot whose particle is done (``live`` False, slot not empty) hands its outcome to
-    the queue and takes the next waiting particle, while there is one."""
+    the queue and takes the next waiting particle, or is left empty (PAD) if none waits."""
     done = ~live & (walk.status != PAD)
     new_id = queue.next + (jnp.cumsum(done) - 1).astype(jnp.uint32)
     swap = done & (new_id < queue.end)
-    # a slot that gets no new particle keeps its outcome (the caller reads it from the slot)
-    out = jnp.where(swap, walk.ids - queue.first, queue.status.shape[0])  # out of range: dropped
+    out = jnp.where(done, walk.ids - queue.first, queue.status.shape[0])  # out of range: dropped
     queue = queue._replace(
         next=queue.next + jnp.sum(swap).astype(jnp.uint32),
         status=queue.status.at[out].set(walk.status, mode="drop"),
         exit_step=queue.exit_step.at[out].set(walk.exit_step, mode="drop"))
     walk = _Walk(x=jnp.where(swap[:, None], x0, walk.x),
-                 status=jnp.where(swap, RUNNING, walk.status).astype(jnp.int8),
+                 status=jnp.where(swap, RUNNING, jnp.where(done, PAD, walk.status)).astype(
+                     jnp.int8),
                  exit_step=jnp.where(swap, 0, walk.exit_step),
                  age=jnp.where(swap, 0, walk.age),
                  ids=jnp.where(swap, new_id, walk.ids))
     return walk, queue
+
+
+def _pack(walk: _Walk, live, size: int) -> _Walk:
+    """The live slots moved, in order, to the first ``size`` slots (there are at most that
+    many); every other slot empty."""
+    src = jnp.nonzero(live, size=size, fill_value=0)[0]
+    head = jax.tree.map(lambda a: a[src], walk)
+    head = head._replace(status=jnp.where(jnp.arange(size) < jnp.sum(live), head.status,
+                                          PAD).astype(jnp.int8))
+    empty = walk._replace(status=jnp.full_like(walk.status, PAD))
+    return _put_head(empty, head)
+
+
+def _head(walk: _Walk, size: int) -> _Walk:
+    return jax.tree.map(lambda a: a[:size], walk)
+
+
+def _put_head(walk: _Walk, head: _Walk) -> _Walk:
+    return jax.tree.map(lambda a, h: jax.lax.dynamic_update_slice_in_dim(a, h, 0, axis=0),
+                        walk, head)
 
 
 # A tick's only output is the state x: XLA then fuses all of a tick's steps into one pass over
@@ -196,23 +217,24 @@ def _settle(w: _Walk, x, running, steps_per_tick: int, ticks: int) -> _Walk:
 
 
 def advance_exits(key, dynamic, region, walk: _Walk, max_steps, *, queue: _Queue | None = None,
-                  x0=None, stop_below=0, correction=None, ticks_per_block: int = 32,
-                  divergence_bound=1e8) -> tuple[_Walk, _Queue | None]:
+                  x0=None, pack_into: int | None = None, correction=None,
+                  ticks_per_block: int = 32, divergence_bound=1e8) -> tuple[_Walk, _Queue | None]:
     """Step the slots of ``walk`` until no particle is running (a particle still inside after
     ``max_steps`` steps stops there: censored).
 
-    With a ``queue``, after every block of ``ticks_per_block`` ticks each finished slot takes
-    the next waiting particle (started at ``x0``), so the array stays full until the queue is
-    empty; once it is, the loop also stops when at most ``stop_below`` particles are still
-    running (the caller then compacts them into a smaller array). A particle's noise and
-    exit step depend only on its id and age, never on its slot.
+    With a ``queue``, after every block of ``ticks_per_block`` ticks each finished slot hands
+    its outcome to the queue and takes the next waiting particle (started at ``x0``), so the
+    array stays full until the queue is empty. With ``pack_into`` (a static slot count), once
+    the queue is empty and at most that many particles still run, they are packed into the
+    first ``pack_into`` slots and only those are stepped from then on: the stragglers cost
+    what they need, in the same compiled program. A particle's noise and exit step depend only
+    on its id and age, never on its slot.
     """
     spec = exit_spec(dynamic, correction)
     steps_per_tick = rng.plan(spec)[0]
     _check_block(ticks_per_block, steps_per_tick, walk.x.dtype)
 
-    def block(state):
-        w, q = state
+    def ticks(w: _Walk) -> _Walk:
         running = w.status == RUNNING
         # finished and empty slots are NaN: they take no part (see _outcome_nan); a running
         # particle is NaN here only if it started so (x0 NaN): it diverges at its first step
@@ -237,27 +259,44 @@ def advance_exits(key, dynamic, region, walk: _Walk, max_steps, *, queue: _Queue
             return (x, t + 1), None
 
         x = jax.lax.scan(body, (x, jnp.int32(0)), None, length=ticks_per_block)[0][0]
-        w = _settle(w, x, running, steps_per_tick, ticks_per_block)
-        if q is not None:
-            w, q = _refill(w, q, x0, active(w.status, w.age, steps_per_tick, max_steps))
-        return w, q
+        return _settle(w, x, running, steps_per_tick, ticks_per_block)
+
+    def live_slots(w):
+        return active(w.status, w.age, steps_per_tick, max_steps)
+
+    packing = queue is not None and pack_into is not None and pack_into < walk.ids.shape[0]
+
+    def block(state):
+        w, q, packed = state
+        if not packing:
+            w = ticks(w)
+        else:
+            w = jax.lax.cond(packed, lambda w: _put_head(w, ticks(_head(w, pack_into))),
+                             ticks, w)
+        if q is None:
+            return w, q, packed
+        w, q = _refill(w, q, x0, live_slots(w))
+        if packing:
+            live = live_slots(w)
+            pack = ~packed & (q.next >= q.end) & (jnp.sum(live) <= pack_into)
+            w = jax.lax.cond(pack, lambda w: _pack(w, live, pack_into), lambda w: w, w)
+            packed = packed | pack
+        return w, q, packed
 
     def keep_going(state):
-        w, q = state
-        n_live = jnp.sum(active(w.status, w.age, steps_per_tick, max_steps))
-        if q is None:
-            return n_live > 0
-        return (n_live > 0) & ((q.next < q.end) | (n_live > stop_below))
+        return jnp.any(live_slots(state[0]))
 
-    return jax.lax.while_loop(keep_going, block, (walk, queue))
+    walk, queue, _ = jax.lax.while_loop(keep_going, block, (walk, queue, jnp.bool_(False)))
+    return walk, queue
 
 
-def exit_record(dynamic, status, exit_step, max_steps) -> ExitRecord:
+def exit_record(dynamic, status, exit_step, max_steps, xp=jnp) -> ExitRecord:
     """Per-particle exit times (or censoring times, after ``max_steps`` steps) from final
-    statuses and exit steps."""
-    t_cens = max_steps * dynamic.dt
+    statuses and exit steps (``xp=numpy`` on the host: the same numbers, no compilation)."""
+    dt = xp.asarray(dynamic.dt)
+    t_cens = xp.asarray(max_steps).astype(dt.dtype) * dt
     censored = status == RUNNING
-    time = jnp.where(censored, t_cens, exit_step * dynamic.dt)
+    time = xp.where(censored, t_cens, xp.asarray(exit_step).astype(dt.dtype) * dt)
     return ExitRecord(time, status == ESCAPED, status == DIVERGED, censored, t_cens)
 
 

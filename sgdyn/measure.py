@@ -25,7 +25,7 @@ from .checkpoint import Checkpoint, fingerprint
 from .ensemble import ExitRecord, simulate_exits, simulate_samples
 from .estimators import ExitEstimate, exit_time_estimate
 from .regions import CORRECTIONS, check_start
-from .runner import MIN_BUCKET, check_options, run_exits, to_numpy
+from .runner import MIN_BUCKET, check_options, run_exits
 
 _STATIC = ("n_particles", "correction", "ticks_per_block")
 
@@ -158,7 +158,13 @@ def sweep_exit_times(key, dynamics, regions, x0, n_particles: int, t_max, *, cor
     recs = jax.device_get(_sweep(key, stack(dynamics), stack(regions), jnp.asarray(np.stack(x0)),
                                  n_particles, jnp.asarray(t_max, float), correction,
                                  ticks_per_block))
-    return [result(to_numpy(jax.tree.map(lambda a: a[i], recs)), confidence) for i in range(m)]
+    return [result(_to_numpy(jax.tree.map(lambda a: a[i], recs)), confidence) for i in range(m)]
+
+
+def _to_numpy(record) -> ExitRecord:
+    """An ExitRecord fetched from the device: numpy arrays and a float t_max."""
+    return ExitRecord(*(np.asarray(getattr(record, f)) for f in ExitRecord._fields[:-1]),
+                      float(record.t_max))
 
 
 def stack(items):

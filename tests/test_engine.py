@@ -371,7 +371,7 @@ def test_censored_runs_end_at_t_max_as_the_kernel_counts_it():
 
 
 def test_same_key_same_result_and_chunking_changes_nothing():
-    # n_slots=256: each slot is refilled ~12 times, then the stragglers are compacted twice
+    # n_slots=256: each slot is refilled ~12 times, then the stragglers are packed into 32
     a, b, c = _small_run(), _small_run(), _small_run(chunk_size=700)
     d = _small_run(n_slots=256, min_bucket=16)
     for f in ("time", "escaped", "censored"):
@@ -403,7 +403,7 @@ def test_no_recompilation_for_new_parameter_values():
     from sgdyn import runner
 
     _small_run()
-    advance = runner._advance_fn(None, None, 32, 1e8)
+    advance = runner._advance_fn(None, None, 32, 1e8, 2048)  # 3000 particles: pack into 2048
     before = advance._cache_size()
     for sigma2 in (0.5, 0.8, 1.3):
         sde = sg.SDE.make(sg.Quadratic.make(1.7), sg.Isotropic.make(sigma2), lr=0.9, batch_size=2)
