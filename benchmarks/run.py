@@ -171,7 +171,7 @@ def _estimate(time_, escaped):
 def exit_tools(problem, dt, n):
     """{tool: seed -> ExitEstimate} for one exit problem; alternatives censor at 3x the exact
     mean (a user who knows the answer's scale; the censoring-aware estimator handles the
-    rest), sgdyn runs until every particle has left (compaction makes that cheap). Each
+    rest), sgdyn runs until every particle has left (packing the stragglers makes that cheap). Each
     callable compiles on its first call only."""
     exact = problem.exact
     t_alt = 3 * exact

@@ -155,23 +155,12 @@ def _refill(walk: _Walk, queue: _Queue, x0, live) -> tuple[_Walk, _Queue]:
 
 
 def _pack(walk: _Walk, live, size: int) -> _Walk:
-    """The live slots moved, in order, to the first ``size`` slots (there are at most that
-    many); every other slot empty."""
+    """A walk of ``size`` slots holding the live slots of ``walk`` in order (there are at most
+    ``size``), the rest empty."""
     src = jnp.nonzero(live, size=size, fill_value=0)[0]
     head = jax.tree.map(lambda a: a[src], walk)
-    head = head._replace(status=jnp.where(jnp.arange(size) < jnp.sum(live), head.status,
+    return head._replace(status=jnp.where(jnp.arange(size) < jnp.sum(live), head.status,
                                           PAD).astype(jnp.int8))
-    empty = walk._replace(status=jnp.full_like(walk.status, PAD))
-    return _put_head(empty, head)
-
-
-def _head(walk: _Walk, size: int) -> _Walk:
-    return jax.tree.map(lambda a: a[:size], walk)
-
-
-def _put_head(walk: _Walk, head: _Walk) -> _Walk:
-    return jax.tree.map(lambda a, h: jax.lax.dynamic_update_slice_in_dim(a, h, 0, axis=0),
-                        walk, head)
 
 
 # A tick's only output is the state x: XLA then fuses all of a tick's steps into one pass over
@@ -225,10 +214,10 @@ def advance_exits(key, dynamic, region, walk: _Walk, max_steps, *, queue: _Queue
     With a ``queue``, after every block of ``ticks_per_block`` ticks each finished slot hands
     its outcome to the queue and takes the next waiting particle (started at ``x0``), so the
     array stays full until the queue is empty. With ``pack_into`` (a static slot count), once
-    the queue is empty and at most that many particles still run, they are packed into the
-    first ``pack_into`` slots and only those are stepped from then on: the stragglers cost
-    what they need, in the same compiled program. A particle's noise and exit step depend only
-    on its id and age, never on its slot.
+    the queue is empty and at most that many particles still run, they are packed into an
+    array of ``pack_into`` slots (the walk returned) and go on there: the stragglers cost what
+    they need, in the same compiled program. A particle's noise and exit step depend only on
+    its id and age, never on its slot.
     """
     spec = exit_spec(dynamic, correction)
     steps_per_tick = rng.plan(spec)[0]
@@ -264,30 +253,29 @@ def advance_exits(key, dynamic, region, walk: _Walk, max_steps, *, queue: _Queue
     def live_slots(w):
         return active(w.status, w.age, steps_per_tick, max_steps)
 
-    packing = queue is not None and pack_into is not None and pack_into < walk.ids.shape[0]
-
     def block(state):
-        w, q, packed = state
-        if not packing:
-            w = ticks(w)
-        else:
-            w = jax.lax.cond(packed, lambda w: _put_head(w, ticks(_head(w, pack_into))),
-                             ticks, w)
-        if q is None:
-            return w, q, packed
-        w, q = _refill(w, q, x0, live_slots(w))
-        if packing:
-            live = live_slots(w)
-            pack = ~packed & (q.next >= q.end) & (jnp.sum(live) <= pack_into)
-            w = jax.lax.cond(pack, lambda w: _pack(w, live, pack_into), lambda w: w, w)
-            packed = packed | pack
-        return w, q, packed
+        w, q = state
+        w = ticks(w)
+        if q is not None:
+            w, q = _refill(w, q, x0, live_slots(w))
+        return w, q
 
-    def keep_going(state):
-        return jnp.any(live_slots(state[0]))
+    def running_above(stop_below):
+        def keep_going(state):
+            w, q = state
+            n_live = jnp.sum(live_slots(w))
+            if q is None:
+                return n_live > 0
+            return (n_live > 0) & ((q.next < q.end) | (n_live > stop_below))
+        return keep_going
 
-    walk, queue, _ = jax.lax.while_loop(keep_going, block, (walk, queue, jnp.bool_(False)))
-    return walk, queue
+    if queue is None or pack_into is None or pack_into >= walk.ids.shape[0]:
+        return jax.lax.while_loop(running_above(0), block, (walk, queue))
+    # two loops in one program: the full array while the queue lasts and more than pack_into
+    # particles run, then the packed stragglers alone (the same steps on a smaller array)
+    walk, queue = jax.lax.while_loop(running_above(pack_into), block, (walk, queue))
+    walk = _pack(walk, live_slots(walk), pack_into)
+    return jax.lax.while_loop(running_above(0), block, (walk, queue))
 
 
 def exit_record(dynamic, status, exit_step, max_steps, xp=jnp) -> ExitRecord:

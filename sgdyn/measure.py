@@ -6,8 +6,8 @@ its random stream), and returns the per-particle record with a censoring-aware e
 
 Escape times are roughly exponential, so stepping all N particles until the last one leaves
 would waste most of the work on finished ones: ``sgdyn.runner`` refills the slots of finished
-particles with waiting ones and compacts the last stragglers (about N mean exit times of
-particle-steps in all, and a few compilations per process), without changing any number.
+particles with waiting ones and packs the last stragglers (about N mean exit times of
+particle-steps in all, one compilation per dynamic and shape), without changing any number.
 ``sweep_exit_times`` runs a list of dynamics (e.g. eight sharpness values) in one call.
 """
 
@@ -71,7 +71,7 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
 
     Particles are processed ``chunk_size`` at a time (default: all at once) through
     ``n_slots`` slots (default ``sgdyn.runner.default_slots()``: 16384 on a CPU, 2^20 on an
-    accelerator), refilled as particles leave and compacted at the end (``sgdyn.runner``);
+    accelerator), refilled as particles leave and packed at the end (``sgdyn.runner``);
     the record is identical for every chunk size, slot count and device count.
     With ``checkpoint`` (a folder or ``sgdyn.checkpoint.Checkpoint``) every finished chunk is
     saved, and a re-run with the same arguments resumes from the chunks already done.

@@ -2,7 +2,7 @@ r"""Counter-based random streams: one independent stream per particle.
 
 The noise that particle ``i`` sees at tick ``j`` is Threefry-2x32(key, (i, j)), a pure function of
 the key, the particle's global index and the tick. So results are bit-identical however the
-ensemble is chunked, sharded over devices, or compacted, and no key is ever split per step.
+ensemble is chunked, sharded over devices, or packed, and no key is ever split per step.
 Each Threefry call yields 64 bits; ``NoiseSpec`` says how a dynamic's step consumes them:
 
     "normal"       32 bits -> N(0, 1) by inverse CDF on a 23-bit uniform (|z| < 5.4)

@@ -92,7 +92,7 @@ def _advance_fn(mesh, correction, ticks_per_block: int, divergence_bound: float,
 
 
 def check_options(n_slots, min_bucket) -> None:
-    """ValueError naming the argument for a bad slot count or compaction floor."""
+    """ValueError naming the argument for a bad slot count or packing floor."""
     _checks.positive_int("min_bucket", min_bucket)
     if n_slots is not None:
         _checks.positive_int("n_slots", n_slots)

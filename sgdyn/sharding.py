@@ -9,12 +9,11 @@ same numbers) with the ensemble split over a 1-D device mesh with ``jax.shard_ma
 
 - each device owns a contiguous range of particle ids: its own queue, its own slots (refilled
   as particles leave) and its own ``lax.while_loop``, with no cross-device communication;
-- once the queues are empty and few particles run, the host compacts exactly as
-  ``sgdyn.measure_exit_times`` does (the same ``sgdyn.runner.run_exits``; sizes are powers of
-  two, here also a multiple of the device count): the running particles (with their global
-  indices and ages) are gathered and dealt out evenly again over the devices.
+- once its queue is empty and few of its particles run, each device packs its own stragglers
+  into its first slots, exactly as ``sgdyn.measure_exit_times`` does (the same
+  ``sgdyn.runner.run_exits``); the whole run is one sharded call.
 
-``simulate_exits_sharded`` is the one-compiled-call kernel (no compaction), like
+``simulate_exits_sharded`` steps every particle in its own slot (no queue, no packing), like
 ``simulate_exits``.
 
 Single host, several accelerators: nothing to do, every device JAX sees is used::
@@ -38,14 +37,15 @@ Several hosts (multi-process, ``jax.distributed``) -- written for it, not tested
    ``particle_mesh()`` builds a mesh over all of them.
 2. Use the same key on every process (e.g. ``jax.random.key(seed)``): each particle draws its
    noise from (key, global particle index, tick), so no key has to be communicated.
-3. Call ``measure_exit_times_sharded`` on every process. At each compaction the statuses are
-   gathered to every host (``multihost_utils.process_allgather``, a few bytes per particle) so
-   all processes take the same compaction decisions; compaction itself is a jitted gather of
-   global arrays. Every process returns the full record.
+3. Call ``measure_exit_times_sharded`` on every process. The run is one sharded call with no
+   communication until its end, when the outcomes are gathered to every host
+   (``multihost_utils.process_allgather``, a few bytes per particle): every process returns
+   the full record.
 4. Only process 0 should write files (``if jax.process_index() == 0: ...``).
 
 Throughput scales with the device count while each device holds enough slots to fill it
-(``n_slots`` in all); the host round trips at compaction are the only synchronisation.
+(``n_slots`` in all). Devices do not rebalance: one whose stragglers are slow finishes last,
+about ln(slots per device) mean exit times after its queue empties, like a single device.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def measure_exit_times_sharded(key, dynamic, region, x0, n_particles: int, t_max
                                min_bucket: int = MIN_BUCKET, n_slots: int | None = None,
                                divergence_bound=1e8) -> ExitResult:
     """``sgdyn.measure_exit_times`` with the particles split over ``mesh`` (default: all
-    devices), compacting the running particles across devices as they thin out.
+    devices), each device refilling and packing its own slots.
 
     The record is bit-identical to the one-device ``measure_exit_times`` with the same key.
     """
@@ -88,7 +88,7 @@ def measure_exit_times_sharded(key, dynamic, region, x0, n_particles: int, t_max
 def simulate_exits_sharded(key, dynamic, region, x0, n_particles: int, t_max, *,
                            correction=None, mesh: Mesh | None = None, ticks_per_block: int = 32,
                            divergence_bound=1e8) -> ExitRecord:
-    """``sgdyn.simulate_exits`` split over ``mesh``: one sharded call, no compaction; each
+    """``sgdyn.simulate_exits`` split over ``mesh``: one sharded call, no packing; each
     device runs until its own particles are done or t_max. Returns numpy arrays."""
     n_particles, x0 = _validate(dynamic, region, x0, n_particles, t_max, correction, None)
     check_start(region, x0)

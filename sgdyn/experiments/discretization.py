@@ -54,7 +54,7 @@ HELP = dict(
     substeps="continuous runs: dt = lr / substeps (with Gobet correction)",
     n_lengths="exit point: saddle + n_lengths diffusion lengths",
     particles="particles per point", t_max_factor="censoring time = factor x exact mean",
-    min_bucket="compaction floor of the engine",
+    min_bucket="fewest slots the engine packs its stragglers into",
     stab_lr_h="stability runs: values of lr * h (comma-separated)",
     stab_particles="particles per stability point", stab_steps="steps per stability run",
     seed="random seed")
