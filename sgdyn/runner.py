@@ -5,10 +5,11 @@ reaches t_max), its slot takes the next particle waiting in the queue, on the de
 the jitted loop (``sgdyn.ensemble.advance_exits``): the array stays full. Escape times are
 roughly exponential, so once the queue is empty the last particles leave about ln S mean
 times after the others; stepping the whole array until then would waste most of the work.
-So once at most S / ``SHRINK`` (and at least ``min_bucket``) particles still run, the loop
-packs them into the first slots and steps only those. Both phases live in one compiled
-program, and the whole run is one call: one compilation per dynamic and shape, no round
-trips to the host. Particles keep their ids and ages, so none of this changes a number.
+So once the queue is empty and at most S / ``SHRINK`` (and at least ``min_bucket``)
+particles still run, the loop packs them into an array of that many slots and goes on there:
+two while loops in one compiled program, and the whole run is one call (one compilation per
+dynamic and shape, no round trips to the host). Particles keep their ids and ages, so none of
+this changes a number.
 
 With a device mesh (``sgdyn.sharding``) every device runs its own queue (a contiguous range of
 particle ids) and its own slots in its own while loop, and packs its own stragglers.

@@ -10,7 +10,7 @@ same numbers) with the ensemble split over a 1-D device mesh with ``jax.shard_ma
 - each device owns a contiguous range of particle ids: its own queue, its own slots (refilled
   as particles leave) and its own ``lax.while_loop``, with no cross-device communication;
 - once its queue is empty and few of its particles run, each device packs its own stragglers
-  into its first slots, exactly as ``sgdyn.measure_exit_times`` does (the same
+  into a smaller array, exactly as ``sgdyn.measure_exit_times`` does (the same
   ``sgdyn.runner.run_exits``); the whole run is one sharded call.
 
 ``simulate_exits_sharded`` steps every particle in its own slot (no queue, no packing), like
