@@ -102,16 +102,18 @@ def check_options(n_slots, min_bucket) -> None:
 def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction=None,
               mesh: Mesh | None = None, n_slots: int | None = None,
               ticks_per_block: int = 32, min_bucket: int = MIN_BUCKET, divergence_bound=1e8,
-              compact: bool = True) -> ExitRecord:
+              pack: bool = True) -> ExitRecord:
     """Exit records (numpy) of particles ``first`` .. ``first + n - 1``; see the module doc.
-    ``compact=False`` puts every particle in a slot and never packs the stragglers."""
+    ``pack=False`` puts every particle in a slot and never packs the stragglers."""
     check_options(n_slots, min_bucket)
     lay = _Layout(mesh)
     n_dev = lay.n_dev
-    n_slots = n if not compact else (n_slots or default_slots())
+    n_slots = (n_slots or default_slots()) if pack else n
     per_queue = -(-n // n_dev)  # particle ids each device's queue covers
     per_dev = min(per_queue, -(-n_slots // n_dev))  # slots per device
-    pack_into = max(per_dev // SHRINK, min_bucket) if compact else None
+    pack_into = max(per_dev // SHRINK, min_bucket)
+    if not pack or pack_into >= per_dev:
+        pack_into = None  # nothing to pack into
     lo = first + np.arange(n_dev, dtype=np.int64) * per_queue
     hi = np.maximum(np.minimum(lo + per_queue, first + n), lo)
     ids = lo[:, None] + np.arange(per_dev)[None, :]
@@ -128,7 +130,7 @@ def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction
     out_step = lay.put(np.zeros(n_dev * per_queue, np.int32))
 
     advance = _advance_fn(mesh, correction, int(ticks_per_block), float(divergence_bound),
-                          pack_into if pack_into is not None and pack_into < per_dev else None)
+                          pack_into)
     n_steps = run_limits(dynamic, t_max, correction)[1]
     status, exit_step = advance(key, dynamic, region, np.asarray(x0, dtype), np.int32(n_steps),
                                 walk, q_next, q_end, q_first, out_status, out_step)

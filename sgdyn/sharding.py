@@ -95,4 +95,4 @@ def simulate_exits_sharded(key, dynamic, region, x0, n_particles: int, t_max, *,
     mesh = particle_mesh() if mesh is None else mesh
     return run_exits(key, dynamic, region, x0, 0, n_particles, t_max, correction=correction,
                      mesh=mesh, ticks_per_block=ticks_per_block,
-                     divergence_bound=divergence_bound, compact=False)
+                     divergence_bound=divergence_bound, pack=False)
