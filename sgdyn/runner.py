@@ -126,7 +126,7 @@ def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction
                  lay.put(np.where(filled, ids.ravel(), first).astype(np.uint32)))
     q_next = lay.put(np.minimum(lo + per_dev, hi).astype(np.uint32))
     q_end, q_first = lay.put(hi.astype(np.uint32)), lay.put(lo.astype(np.uint32))
-    out_status = lay.put(np.zeros(n_dev * per_queue, np.int8))
+    out_status = lay.put(np.full(n_dev * per_queue, PAD, np.int8))  # PAD: no outcome yet
     out_step = lay.put(np.zeros(n_dev * per_queue, np.int32))
 
     advance = _advance_fn(mesh, correction, int(ticks_per_block), float(divergence_bound),
@@ -134,5 +134,9 @@ def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction
     n_steps = run_limits(dynamic, t_max, correction)[1]
     status, exit_step = advance(key, dynamic, region, np.asarray(x0, dtype), np.int32(n_steps),
                                 walk, q_next, q_end, q_first, out_status, out_step)
-    record = exit_record(dynamic, lay.get(status)[:n], lay.get(exit_step)[:n], n_steps, xp=np)
+    status = lay.get(status)[:n]
+    if np.any(status == PAD):  # every particle hands its outcome over; never silently censored
+        raise RuntimeError(f"the exit engine returned no outcome for {np.sum(status == PAD)} of "
+                           f"{n} particles (a bug in sgdyn: please report it)")
+    record = exit_record(dynamic, status, lay.get(exit_step)[:n], n_steps, xp=np)
     return record._replace(t_max=float(record.t_max))
