@@ -381,6 +381,24 @@ def test_same_key_same_result_and_chunking_changes_nothing():
     assert a.estimate.n_censored > 0  # t_max = 2 censors some: the censored path is covered too
 
 
+
+def test_a_particle_the_engine_loses_raises_instead_of_reading_censored(monkeypatch):
+    from sgdyn import ensemble, runner
+
+    real = ensemble._pack
+
+    def lossy(walk, live, size):  # packing that drops the first straggler
+        head = real(walk, live, size)
+        return head._replace(status=head.status.at[0].set(ensemble.PAD))
+
+    monkeypatch.setattr(ensemble, "_pack", lossy)
+    runner._advance_fn.cache_clear()  # retrace with the lossy packing
+    try:
+        with pytest.raises(RuntimeError, match="no outcome for 1 of 3000"):
+            _small_run(n_slots=256, min_bucket=16)
+    finally:
+        runner._advance_fn.cache_clear()  # later tests compile the real one again
+
 def test_sweep_matches_single_runs_looped_or_vectorized():
     lands = [sg.Reparametrized.make(sg.KramersWell.make(2.0, 2.0, 0.3), s)
              for s in (1.0, 1.4, 2.0)]
