@@ -130,7 +130,7 @@ def max_steps(dt, t_max, xp=jnp):
 
 
 def active(status, age, steps_per_tick: int, max_steps):
-    """Slots whose particle is still inside and not yet at t_max (jax or numpy arrays)."""
+    """Slots whose particle is still inside and not yet at t_max."""
     return (status == RUNNING) & (age * steps_per_tick < max_steps)
 
 

@@ -27,8 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from . import _checks
 from .ensemble import PAD, RUNNING, ExitRecord, _Queue, _Walk, advance_exits, exit_record, \
-    exit_spec, max_steps
-from .rng import plan
+    max_steps
 
 AXIS = "particles"
 SHRINK = 8  # pack the stragglers once at most 1/SHRINK of the slots run
@@ -38,14 +37,6 @@ MIN_BUCKET = 2048  # but into no fewer slots than this
 def default_slots() -> int:
     """Slots per run: enough to fill the backend, small enough to stay in cache on a CPU."""
     return 2**14 if jax.default_backend() == "cpu" else 2**20
-
-
-def run_limits(dynamic, t_max, correction) -> tuple[int, int]:
-    """(steps per tick, total steps before censoring) of an exit run, as host integers; the
-    kernel is handed the latter, so the host and the kernel agree on when a run ends."""
-    dtype = jnp.zeros(()).dtype
-    return (plan(exit_spec(dynamic, correction))[0],
-            int(max_steps(np.asarray(dynamic.dt), np.asarray(t_max, dtype), xp=np)))
 
 
 class _Layout:
@@ -111,9 +102,8 @@ def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction
     n_slots = (n_slots or default_slots()) if pack else n
     per_queue = -(-n // n_dev)  # particle ids each device's queue covers
     per_dev = min(per_queue, -(-n_slots // n_dev))  # slots per device
-    pack_into = max(per_dev // SHRINK, min_bucket)
-    if not pack or pack_into >= per_dev:
-        pack_into = None  # nothing to pack into
+    # advance_exits packs only if pack_into is below its slot count
+    pack_into = max(per_dev // SHRINK, min_bucket) if pack else None
     lo = first + np.arange(n_dev, dtype=np.int64) * per_queue
     hi = np.maximum(np.minimum(lo + per_queue, first + n), lo)
     ids = lo[:, None] + np.arange(per_dev)[None, :]
@@ -131,7 +121,8 @@ def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction
 
     advance = _advance_fn(mesh, correction, int(ticks_per_block), float(divergence_bound),
                           pack_into)
-    n_steps = run_limits(dynamic, t_max, correction)[1]
+    # the step count is computed once, here, and handed to the kernel as an integer
+    n_steps = int(max_steps(np.asarray(dynamic.dt), np.asarray(t_max, dtype), xp=np))
     status, exit_step = advance(key, dynamic, region, np.asarray(x0, dtype), np.int32(n_steps),
                                 walk, q_next, q_end, q_first, out_status, out_step)
     status = lay.get(status)[:n]

@@ -381,7 +381,6 @@ def test_same_key_same_result_and_chunking_changes_nothing():
     assert a.estimate.n_censored > 0  # t_max = 2 censors some: the censored path is covered too
 
 
-
 def test_a_particle_the_engine_loses_raises_instead_of_reading_censored(monkeypatch):
     from sgdyn import ensemble, runner
 
@@ -398,6 +397,7 @@ def test_a_particle_the_engine_loses_raises_instead_of_reading_censored(monkeypa
             _small_run(n_slots=256, min_bucket=16)
     finally:
         runner._advance_fn.cache_clear()  # later tests compile the real one again
+
 
 def test_sweep_matches_single_runs_looped_or_vectorized():
     lands = [sg.Reparametrized.make(sg.KramersWell.make(2.0, 2.0, 0.3), s)
