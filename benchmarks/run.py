@@ -18,6 +18,10 @@ Prints one table and writes it (with every raw number) as JSON. Sections:
   sharding   the exit task on 2 forced host devices (subprocess) against 1 device.
   training   MNIST-1D MLP, several seeds under vmap against the same seeds one after another.
 
+Sizes follow the platform: on a GPU the fixed-step sections use 40x the particles and 10x the
+steps (the CPU's sizes leave it launch-bound); the exit tasks keep theirs. A run killed midway
+keeps, in --out, every section it finished.
+
 Times are wall-clock seconds. "time to estimate" includes compilation (what a user waits);
 throughputs exclude it (median of repeats after a warm-up call). On a shared machine the
 absolute numbers are noisy; the ratios within one run are what the targets are about.
@@ -64,6 +68,7 @@ FULL = dict(
     memory=dict(n=1_000_000, steps=(1_000, 100_000)),
     sharding=dict(n=1_000_000, dt=0.04),
     training=dict(seeds=8, epochs=2, batch_size=32),
+    ceiling_steps=200, arith_steps=(2000, 20), matmul_size=1024,  # arith: (pld1, pld100)
 )
 QUICK = dict(
     n=4_000,
@@ -80,6 +85,20 @@ QUICK = dict(
     memory=dict(n=20_000, steps=(100, 1_000)),
     sharding=dict(n=4_000, dt=0.04),
     training=dict(seeds=2, epochs=1, batch_size=256),
+    ceiling_steps=20, arith_steps=(100, 2), matmul_size=256,
+)
+# A GPU runs 1e5 particles in microseconds per step, so its throughput is launch-bound at the
+# CPU's sizes: the fixed-step sections fill it (40x the particles, 10x the steps). The exit
+# tasks keep the CPU's sizes, which the 2% accuracy target fixes, not the hardware.
+ACCELERATOR = dict(
+    FULL,
+    n=4_000_000,
+    thr_steps={"pld1_basin": (2000, 20000), "pld100": (20, 200)},
+    alt_n={"numpy": FULL["alt_n"]["numpy"],  # on the host CPU, as a researcher would run it
+           "diffrax_vmap_virtual": {"pld1_basin": 100_000, "pld100": 10_000},
+           "diffrax_vmap_unsafe": {"pld1_basin": 4_000_000, "pld100": 400_000},
+           "diffrax_ensemble": {"pld1_basin": 4_000_000, "pld100": 400_000}},
+    ceiling_steps=2000, arith_steps=(20000, 200), matmul_size=8192,
 )
 
 
@@ -91,16 +110,16 @@ def log(*a):
 
 def run_ceilings(cfg):
     n = cfg["n"]
+    steps = cfg["ceiling_steps"]
     out = {"n": n,
-           "gaussians_per_s": ceilings.gaussians_per_second(n),
-           "random_bits_per_s": ceilings.bits_per_second(n),
-           "counter_gaussians_per_s": ceilings.counter_gaussians_per_second(n),
-           "counter_bits_per_s": ceilings.counter_bits_per_second(n)}
-    for p in (PLD1_BASIN, PLD100):
+           "gaussians_per_s": ceilings.gaussians_per_second(n, steps),
+           "random_bits_per_s": ceilings.bits_per_second(n, 2 * steps),
+           "counter_gaussians_per_s": ceilings.counter_gaussians_per_second(n, steps),
+           "counter_bits_per_s": ceilings.counter_bits_per_second(n, 2 * steps)}
+    for p, steps in zip((PLD1_BASIN, PLD100), cfg["arith_steps"]):
         dyn = sg.EulerMaruyama.make(p.sgdyn_sde(), 0.01)
-        steps = 2000 if p.dim == 1 else 20
         out[f"arithmetic_{p.name}_particle_steps_per_s"] = ceilings.arithmetic_steps_per_second(
-            dyn, n, steps if cfg is FULL else max(2, steps // 20))
+            dyn, n, steps)
     return out
 
 
@@ -283,7 +302,9 @@ try:  # this process's own peak: ru_maxrss keeps the parent's peak across fork +
     peak_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
 except OSError:
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(peak_kb, t, rec.burn_in_steps + rec.thin_steps)
+dev = jax.devices()[0]
+stats = (dev.memory_stats() or {}) if dev.platform != "cpu" else {}
+print(peak_kb, t, rec.burn_in_steps + rec.thin_steps, stats.get("peak_bytes_in_use", 0))
 """
 
 
@@ -293,11 +314,16 @@ def run_memory(cfg):
     for steps in (s_lo, s_hi):
         res = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(n), str(steps)],
                              capture_output=True, text=True, env=_env(), check=True)
-        rss_kb, t, done = res.stdout.split()
+        rss_kb, t, done, device_bytes = res.stdout.split()
         out[f"steps_{steps}"] = dict(peak_rss_mb=int(rss_kb) / 1024, seconds=float(t),
                                      steps_run=int(done))
+        if int(device_bytes):  # an accelerator: its own memory is what the state lives in
+            out[f"steps_{steps}"]["peak_device_mb"] = int(device_bytes) / 2**20
         log(out)
-    out["ratio"] = out[f"steps_{s_hi}"]["peak_rss_mb"] / out[f"steps_{s_lo}"]["peak_rss_mb"]
+    lo, hi = out[f"steps_{s_lo}"], out[f"steps_{s_hi}"]
+    out["ratio"] = hi["peak_rss_mb"] / lo["peak_rss_mb"]
+    if "peak_device_mb" in lo:
+        out["device_ratio"] = hi["peak_device_mb"] / lo["peak_device_mb"]
     return out
 
 
@@ -346,7 +372,11 @@ print(json.dumps(out))
 
 
 def _env(devices=None):
-    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+    """A subprocess's environment: forced host devices run on the CPU; otherwise the child
+    uses the platform this process uses (the memory section measures the accelerator there)."""
+    env = dict(os.environ)
+    if devices or jax.default_backend() == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     if devices:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
@@ -403,7 +433,8 @@ def run_training(cfg):
                max_test_acc_difference=agree,
                # forward + backward of a dense net: about 6 FLOPs per parameter per example
                train_gflops_vmap=6 * n_params * c["batch_size"] * len(seeds) * steps / t_vmap / 1e9,
-               matmul_gflops=ceilings.matmul_flops_per_second() / 1e9,
+               matmul_size=cfg["matmul_size"],
+               matmul_gflops=ceilings.matmul_flops_per_second(cfg["matmul_size"]) / 1e9,
                final_test_acc=[float(v) for v in together.test_acc[-1]])
     log(out)
     return out
@@ -461,6 +492,8 @@ def summarize(res):
         s["c_all_accurate"] = all(r["accurate"] for r in rows)
     if "memory" in res:
         s["memory_ratio_long_vs_short"] = res["memory"]["ratio"]
+        if "device_ratio" in res["memory"]:
+            s["memory_device_ratio_long_vs_short"] = res["memory"]["device_ratio"]
     if "sharding" in res:
         s["sharding_speedup_2_devices"] = res["sharding"]["speedup_2_vs_1"]
         s["sharding_identical"] = res["sharding"]["identical"]
@@ -508,8 +541,11 @@ def table(res):
     if "memory" in res:
         m = res["memory"]
         lines += ["", f"Memory, n = {m['n']}: " + ", ".join(
-            f"{k}: {v['peak_rss_mb']:.0f} MB ({v['seconds']:.1f} s)" for k, v in m.items()
-            if k.startswith("steps_")) + f"; ratio {m['ratio']:.2f}"]
+            f"{k}: {v['peak_rss_mb']:.0f} MB" + (f" host, {v['peak_device_mb']:.0f} MB device"
+                                                 if "peak_device_mb" in v else "")
+            + f" ({v['seconds']:.1f} s)" for k, v in m.items() if k.startswith("steps_"))
+            + f"; ratio {m['ratio']:.2f}"
+            + (f" (device {m['device_ratio']:.2f})" if "device_ratio" in m else "")]
     if "sharding" in res:
         h = res["sharding"]
         lines += ["", f"Sharding (2 forced host devices, n = {h['n']}): 1 device "
@@ -522,7 +558,7 @@ def table(res):
         lines += ["", f"Training MNIST-1D MLP, {t['seeds']} seeds x {t['steps_per_seed']} steps: "
                   f"vmap {t['seconds_vmap']:.2f} s, loop {t['seconds_loop']:.2f} s "
                   f"(x{t['speedup']:.2f}); {t['train_gflops_vmap']:.1f} GFLOP/s of training "
-                  f"against {t['matmul_gflops']:.1f} for a 1024^2 matmul"]
+                  f"against {t['matmul_gflops']:.1f} for a {t.get('matmul_size', 1024)}^2 matmul"]
     lines += ["", "Targets (ratios in this run):"]
     lines += [f"  {k:45s} {v:.3g}" if isinstance(v, float) else f"  {k:45s} {v}"
               for k, v in res["summary"].items()]
@@ -552,13 +588,16 @@ def main(argv=None):
         if args.out:
             args.out.write_text(json.dumps(res, indent=1, default=float))
         return res
-    cfg = QUICK if args.quick else FULL
+    on_cpu = jax.default_backend() == "cpu"
+    cfg = QUICK if args.quick else FULL if on_cpu else ACCELERATOR
     only = [s for s in args.only.split(",") if s] or list(SECTIONS)
     skip = {s for s in args.skip.split(",") if s}
     res = dict(machine=f"{platform.node()} {platform.processor() or platform.machine()}, "
                        f"{os.cpu_count()} CPUs, jax {jax.__version__} "
-                       f"{jax.devices()[0].platform} x{jax.device_count()}",
-               quick=args.quick, config={k: v for k, v in cfg.items()},
+                       f"{jax.devices()[0].platform} x{jax.device_count()}"
+                       + ("" if on_cpu else f" ({jax.devices()[0].device_kind})"),
+               quick=args.quick, sizes="quick" if args.quick else "cpu" if on_cpu else "accelerator",
+               config={k: v for k, v in cfg.items()},
                started=time.strftime("%Y-%m-%d %H:%M:%S"))
     if args.merge and args.out and args.out.exists():
         old = json.loads(args.out.read_text())
@@ -575,14 +614,21 @@ def main(argv=None):
         t = time.perf_counter()
         res[name] = SECTIONS[name](cfg)
         res.setdefault("section_seconds", {})[name] = time.perf_counter() - t
+        res["total_seconds"] = time.perf_counter() - t0
+        _save(res, args.out)  # a run killed later keeps every finished section
     res["total_seconds"] = time.perf_counter() - t0
-    res["summary"] = summarize(res)
-    text = table(res)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=1, default=float))
+    _save(res, args.out)
+    print(table(res))
     return res
+
+
+def _save(res, out):
+    res["summary"] = summarize(res)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".partial")
+        tmp.write_text(json.dumps(res, indent=1, default=float))
+        tmp.replace(out)  # atomic: a kill mid-write leaves the previous file whole
 
 
 if __name__ == "__main__":
