@@ -36,7 +36,7 @@ for s in $SECTIONS; do
 done
 
 if [ "$(left)" -gt 30 ]; then
-    JAX_PLATFORMS=cuda timeout "$(left)" python3 -m pytest -q -x -p no:cacheprovider $TESTS \
+    JAX_PLATFORMS=cuda timeout "$(left)" python3 -m pytest -q -rfE -p no:cacheprovider $TESTS \
         >"$OUT/tests.txt" 2>&1
     echo "== tests ($TESTS): rc $?" | tee -a "$log"
     tail -3 "$OUT/tests.txt"

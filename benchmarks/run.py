@@ -13,6 +13,8 @@ Prints one table and writes it (with every raw number) as JSON. Sections:
   exit       (b) time to estimate the mean exit time of the 1-D PLD and of Langevin to within
              2% of the exact value (|estimate - exact| + 95% CI half-width <= 2%; each tool's
              estimate is checked against sgdyn.theory before its time counts).
+  cache      (b)'s first call for the PLD in fresh processes, without and with JAX's
+             persistent compilation cache (benchmarks/compile_probe.py).
   sweep      (c) the same for the PLD swept over 8 sharpness values in one call.
   memory     peak RSS of 1e6 particles for 1e5 steps against 1e3 steps (subprocesses).
   sharding   the exit task on 2 forced host devices (subprocess) against 1 device.
@@ -397,6 +399,30 @@ def run_sharding(cfg):
     return out
 
 
+# ----------------------------------------------------------------------------- cache
+
+def run_cache(cfg):
+    """Task (b)'s first call for the 1-D PLD in fresh processes (benchmarks/compile_probe.py):
+    without a compilation cache, then twice with JAX's persistent cache in a new folder (the
+    first fills it, the second is what a rerun of a script waits)."""
+    import tempfile
+
+    c = cfg["exit"]["pld1"]
+    probe = [sys.executable, str(ROOT / "benchmarks" / "compile_probe.py"),
+             "--n", str(c["n"]), "--dt", str(c["dt"])]
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="sgdyn-bench-cache-") as folder:
+        for run, extra in (("no_cache", []), ("cache_fill", ["--cache", folder]),
+                           ("cache_hit", ["--cache", folder])):
+            res = subprocess.run(probe + extra, capture_output=True, text=True, env=_env())
+            if res.returncode:
+                raise RuntimeError(res.stderr[-3000:])
+            out[run] = [json.loads(line) for line in res.stdout.splitlines()
+                        if line.startswith("{")]
+            log(run, out[run])
+    return out
+
+
 # ----------------------------------------------------------------------------- training
 
 def run_training(cfg):
@@ -478,6 +504,11 @@ def summarize(res):
                 s[name + "_warm"] = other["warm_seconds"] / base["warm_seconds"]
         if any(q == p for q, _ in ex):
             s[f"b_{p}_all_accurate"] = all(r["accurate"] for (q, _), r in ex.items() if q == p)
+    for run, rows in res.get("cache", {}).items():
+        first = {r["tool"]: r["first_s"] for r in rows}
+        for variant in ("gaussian", "three_point"):
+            s[f"b_pld1_{variant}_vs_diffrax_ensemble_first_call_{run}"] = (
+                first["diffrax_ensemble"] / first[f"sgdyn ({variant})"])
     if "sweep" in res:
         rows = res["sweep"]["rows"]
         ours = [r["seconds"] for r in rows if r["tool"].startswith("sgdyn") and r["accurate"]]
@@ -538,6 +569,11 @@ def table(res):
         for r in res["sweep"]["rows"]:
             lines.append(f"  {r['tool']:52s} {r['seconds']:8.2f} s  worst {100 * r['worst_accuracy']:.2f}%"
                          f"  {'ok' if r['accurate'] else 'NOT ACCURATE'}")
+    if "cache" in res:
+        lines += ["", "(b) 1-D PLD first call in a fresh process (s): " + "; ".join(
+            f"{run.replace('_', ' ')}: " + ", ".join(f"{r['tool']} {r['first_s']:.2f}"
+                                                      for r in rows)
+            for run, rows in res["cache"].items())]
     if "memory" in res:
         m = res["memory"]
         lines += ["", f"Memory, n = {m['n']}: " + ", ".join(
@@ -566,7 +602,7 @@ def table(res):
 
 
 SECTIONS = {"ceilings": run_ceilings, "throughput": run_throughput, "exit": run_exit,
-            "sweep": run_sweep, "memory": run_memory, "sharding": run_sharding,
+            "cache": run_cache, "sweep": run_sweep, "memory": run_memory, "sharding": run_sharding,
             "training": run_training}
 
 

@@ -95,8 +95,8 @@ def provenance() -> dict:
     for pkg in ("sgdyn", "jax", "jaxlib", "flax", "optax", "numpy", "scipy"):
         try:
             versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
+        except md.PackageNotFoundError:  # run from a source checkout: the module knows
+            versions[pkg] = getattr(sys.modules.get(pkg), "__version__", None)
     try:
         import jax
 

@@ -337,8 +337,12 @@ def test_exit_marks_are_nans_that_keep_their_payload():
             payload = jnp.array([0, 1, 2, 12345, top], jnp.int32)
             marks = ensemble._outcome_nan(payload, dtype)
             assert marks.dtype == dtype and bool(jnp.all(jnp.isnan(marks)))
-            # through a select and a jitted copy, as in the kernel
-            kept = jax.jit(lambda m: jnp.where(m > 0, 0.0, m))(marks)
+            # through the kernel's selects (predicates that are not comparisons of the marks
+            # themselves: XLA may rewrite where(m > 0, 0, m) as min(m, 0), and a GPU's min
+            # returns its one canonical NaN; seen on an H200) and a jitted copy
+            live = jnp.array([True, False, True, False, True])
+            kept = jax.jit(lambda m, live, new: jnp.where(
+                live, m, jnp.where(jnp.isnan(m), m, new)))(marks, live, jnp.zeros_like(marks))
             np.testing.assert_array_equal(ensemble._outcome_payload(kept), payload)
 
 

@@ -84,6 +84,25 @@ def test_same_command_same_json_numbers(tmp_path):
     assert prov["versions"]["jax"] and prov["versions"]["sgdyn"]
 
 
+def test_provenance_names_sgdyn_run_from_a_source_checkout(monkeypatch):
+    """Not pip-installed (the package on PYTHONPATH, as on a lent GPU machine): the version
+    comes from the module itself instead of reading None."""
+    import importlib.metadata as md
+
+    import sgdyn
+    from sgdyn.io import provenance
+
+    real = md.version
+
+    def version(pkg):
+        if pkg == "sgdyn":
+            raise md.PackageNotFoundError(pkg)
+        return real(pkg)
+
+    monkeypatch.setattr(md, "version", version)
+    assert provenance()["versions"]["sgdyn"] == sgdyn.__version__
+
+
 def test_result_files_are_written_atomically_and_readable(tmp_path):
     from sgdyn.io import write_json
 

@@ -1,0 +1,76 @@
+"""Where a first call's time goes: tracing, lowering and XLA compilation of the exit-time task.
+
+    python benchmarks/compile_probe.py [--cache DIR]
+
+For sgdyn's exit run (Gaussian and three-point increments) and diffrax's ensemble solve of the
+same 1-D PLD task as benchmarks/run.py (b), prints one JSON line per tool: the first call's
+wall time, the second's (compiled code reused, new seed), and the trace, lowering and backend
+compile seconds JAX reports while the first call runs. With --cache, JAX's persistent
+compilation cache (sgdyn.cache) is on: run twice to see a later process's first call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+
+import sgdyn as sg  # noqa: E402
+from benchmarks import alternatives as alt  # noqa: E402
+from benchmarks.problems import PLD1  # noqa: E402
+
+EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
+          "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+          "/jax/core/compile/backend_compile_duration": "backend_compile_s"}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cache", help="persistent compilation cache folder")
+    ap.add_argument("--n", type=int, default=80_000)
+    ap.add_argument("--dt", type=float, default=0.02)
+    args = ap.parse_args(argv)
+    if args.cache:
+        sg.enable_compilation_cache(args.cache)
+    spent = defaultdict(float)
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, secs, **kw: spent.__setitem__(event, spent[event] + secs))
+
+    region, exact = sg.Threshold(PLD1.exit_point), PLD1.exact
+
+    def sgdyn(increments):
+        dyn = sg.EulerMaruyama.make(PLD1.sgdyn_sde(), args.dt, increments)
+        return lambda seed: sg.measure_exit_times(jax.random.key(seed), dyn, region, [0.0],
+                                                  args.n, 20 * exact).estimate.mean
+
+    def diffrax_ensemble():
+        solve = alt.diffrax_ensemble_solver(PLD1, args.n, args.dt, 3 * exact)
+        return lambda seed: float(jax.device_get(solve(jax.random.key(seed)))[0].mean())
+
+    for tool, make in (("sgdyn (gaussian)", lambda: sgdyn("gaussian")),
+                       ("sgdyn (three_point)", lambda: sgdyn("three_point")),
+                       ("diffrax_ensemble", diffrax_ensemble)):
+        spent.clear()
+        t0 = time.perf_counter()
+        fn = make()
+        mean = fn(0)
+        first = time.perf_counter() - t0
+        parts = {name: spent.get(event, 0.0) for event, name in EVENTS.items()}
+        t0 = time.perf_counter()
+        fn(1)
+        second = time.perf_counter() - t0
+        print(json.dumps(dict(tool=tool, cache=bool(args.cache), first_s=first, second_s=second,
+                              mean=mean, **parts)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
