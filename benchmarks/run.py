@@ -25,7 +25,7 @@ steps (the CPU's sizes leave it launch-bound); the exit tasks keep theirs. A run
 keeps, in --out, every section it finished.
 
 Times are wall-clock seconds. "time to estimate" includes compilation (what a user waits);
-throughputs exclude it (median of repeats after a warm-up call). On a shared machine the
+throughputs exclude it (median of 7 repeats after a warm-up call). On a shared machine the
 absolute numbers are noisy; the ratios within one run are what the targets are about.
 """
 
@@ -133,7 +133,7 @@ _samples = jax.jit(sg.simulate_samples, static_argnums=(3, 4, 5, 6))
 def sgdyn_throughput(problem, increments, n, steps, dt=0.01):
     dyn = sg.EulerMaruyama.make(problem.sgdyn_sde(), dt, increments)
     rec, t = alt.timed(_samples, jax.random.key(0), dyn, jnp.zeros(problem.dim), n, steps, 1, 1,
-                       repeats=3)
+                       repeats=7)
     assert np.all(np.isfinite(np.asarray(rec.x))) and not np.asarray(rec.diverged).any()
     return float(n * (int(rec.burn_in_steps) + int(rec.thin_steps)) / t)
 
@@ -166,7 +166,7 @@ def run_throughput(cfg):
                 p, n, dt, steps * dt, exits=False)),
         ):
             n = cfg["alt_n"][tool][p.name]
-            _, t = alt.timed(make(n), jax.random.key(0), repeats=3)
+            _, t = alt.timed(make(n), jax.random.key(0), repeats=7)
             rows.append(dict(problem=p.name, tool=tool, n=n, steps=steps,
                              particle_steps_per_s=n * steps / t))
             log(rows[-1])
