@@ -51,6 +51,7 @@ import numpy as np  # noqa: E402
 import sgdyn as sg  # noqa: E402
 from benchmarks import alternatives as alt  # noqa: E402
 from benchmarks import ceilings  # noqa: E402
+from benchmarks.report import summarize, table  # noqa: E402
 from benchmarks.problems import LANGEVIN1, PLD1, PLD1_BASIN, PLD100  # noqa: E402
 
 TOLERANCE = 0.02  # task (b): |estimate - exact| + CI half-width <= 2% of exact
@@ -464,141 +465,6 @@ def run_training(cfg):
                final_test_acc=[float(v) for v in together.test_acc[-1]])
     log(out)
     return out
-
-
-# ----------------------------------------------------------------------------- report
-
-def summarize(res):
-    """Targets of the performance issue, as ratios measured in this run."""
-    s = {}
-    c = res.get("ceilings")
-    thr = {(r["problem"], r["tool"]): r["particle_steps_per_s"] for r in res.get("throughput", [])}
-    if c and thr:
-        g = c["gaussians_per_s"]
-        s["a_gaussian_pld1_vs_rng_ceiling"] = thr[("pld1_basin", "sgdyn (gaussian)")] / g
-        s["a_gaussian_pld100_vs_rng_ceiling"] = 100 * thr[("pld100", "sgdyn (gaussian)")] / g
-        if "counter_gaussians_per_s" in c:  # the generator sgdyn actually draws from
-            g = c["counter_gaussians_per_s"]
-            s["a_gaussian_pld1_vs_sgdyn_rng_ceiling"] = thr[("pld1_basin", "sgdyn (gaussian)")] / g
-            s["a_gaussian_pld100_vs_sgdyn_rng_ceiling"] = (
-                100 * thr[("pld100", "sgdyn (gaussian)")] / g)
-        s["a_two_point_pld1_vs_arithmetic_ceiling"] = (
-            thr[("pld1_basin", "sgdyn (two_point)")] / c["arithmetic_pld1_basin_particle_steps_per_s"])
-        s["a_two_point_pld100_vs_arithmetic_ceiling"] = (
-            thr[("pld100", "sgdyn (two_point)")] / c["arithmetic_pld100_particle_steps_per_s"])
-    ex = {(r["problem"], r["tool"]): r for r in res.get("exit", [])}
-    for p in ("pld1", "langevin1"):
-        for variant in ("gaussian", "three_point"):
-            base = ex.get((p, f"sgdyn ({variant})"))
-            if base is None:
-                continue
-            for tool in ("diffrax_vmap_unsafe", "diffrax_ensemble", "numpy"):
-                other = ex.get((p, tool))
-                if other is None:
-                    continue
-                name = f"b_{p}_{variant}_vs_{tool}"
-                if not (base["accurate"] and other["accurate"]):
-                    s[name] = "not counted (an estimate missed 2%)"
-                    continue
-                s[name + "_cold"] = other["seconds"] / base["seconds"]
-                s[name + "_warm"] = other["warm_seconds"] / base["warm_seconds"]
-        if any(q == p for q, _ in ex):
-            s[f"b_{p}_all_accurate"] = all(r["accurate"] for (q, _), r in ex.items() if q == p)
-    for run, rows in res.get("cache", {}).items():
-        first = {r["tool"]: r["first_s"] for r in rows}
-        for variant in ("gaussian", "three_point"):
-            s[f"b_pld1_{variant}_vs_diffrax_ensemble_first_call_{run}"] = (
-                first["diffrax_ensemble"] / first[f"sgdyn ({variant})"])
-    if "sweep" in res:
-        rows = res["sweep"]["rows"]
-        ours = [r["seconds"] for r in rows if r["tool"].startswith("sgdyn") and r["accurate"]]
-        for r in rows:
-            tool = r["tool"].split(" ")[0]
-            if tool == "sgdyn":
-                continue
-            if ours and r["accurate"]:
-                s[f"c_speedup_vs_{tool}"] = r["seconds"] / min(ours)
-            else:
-                s[f"c_speedup_vs_{tool}"] = "not counted (an estimate missed 2%)"
-        s["c_all_accurate"] = all(r["accurate"] for r in rows)
-    if "memory" in res:
-        s["memory_ratio_long_vs_short"] = res["memory"]["ratio"]
-        if "device_ratio" in res["memory"]:
-            s["memory_device_ratio_long_vs_short"] = res["memory"]["device_ratio"]
-    if "sharding" in res:
-        s["sharding_speedup_2_devices"] = res["sharding"]["speedup_2_vs_1"]
-        s["sharding_identical"] = res["sharding"]["identical"]
-        if "training_speedup_2_vs_1" in res["sharding"]:
-            s["sharding_training_speedup_2_devices"] = res["sharding"]["training_speedup_2_vs_1"]
-    if "training" in res:
-        s["training_vmap_speedup"] = res["training"]["speedup"]
-    return s
-
-
-def table(res):
-    lines = [f"sgdyn benchmark on {res['machine']}  ({'quick' if res['quick'] else 'full'})"]
-    if "ceilings" in res:
-        c = res["ceilings"]
-        lines += ["", "Ceilings (inside lax.scan, n = %d)" % c["n"],
-                  f"  Gaussian random numbers/s        {c['gaussians_per_s']:.3g}",
-                  f"  random bits/s                    {c['random_bits_per_s']:.3g}",
-                  f"  same, sgdyn.rng Gaussians/s      {c.get('counter_gaussians_per_s', 0):.3g}",
-                  f"  same, sgdyn.rng bits/s           {c.get('counter_bits_per_s', 0):.3g}",
-                  f"  arithmetic only, pld1 (p-steps/s) {c['arithmetic_pld1_basin_particle_steps_per_s']:.3g}",
-                  f"  arithmetic only, pld100          {c['arithmetic_pld100_particle_steps_per_s']:.3g}"]
-    if "throughput" in res:
-        lines += ["", "(a) Fixed-step throughput (particle-steps/s)",
-                  f"  {'problem':8s} {'tool':24s} {'n':>8s} {'steps':>6s} {'p-steps/s':>10s}"]
-        for r in res["throughput"]:
-            lines.append(f"  {r['problem']:8s} {r['tool']:24s} {r['n']:8d} {r['steps']:6d} "
-                         f"{r['particle_steps_per_s']:10.3g}")
-    if "exit" in res:
-        lines += ["", "(b) Time to the mean exit time within %.0f%% (|err| + 95%% half-width)"
-                  % (100 * res["config"]["tolerance"]),
-                  f"  {'problem':9s} {'tool':22s} {'dt':>5s} {'n':>7s} {'cold s':>8s} "
-                  f"{'warm s':>7s} {'mean':>8s} {'exact':>8s} {'err%':>6s} {'hw%':>5s} ok"]
-        for r in res["exit"]:
-            lines.append(f"  {r['problem']:9s} {r['tool']:22s} {r['dt']:5.3g} {r['n']:7d} "
-                         f"{r['seconds']:8.2f} {r['warm_seconds']:7.2f} {r['mean']:8.3f} {r['exact']:8.3f} "
-                         f"{100 * r['rel_error']:+6.2f} {100 * r['rel_half_width']:5.2f} "
-                         f"{'yes' if r['accurate'] else 'NO'}")
-    if "sweep" in res:
-        lines += ["", "(c) PLD exit time over 8 sharpness values (scale %s), exact %s" % (
-            ", ".join(f"{s:.3g}" for s in res["sweep"]["scales"]),
-            ", ".join(f"{e:.3g}" for e in res["sweep"]["exact"]))]
-        for r in res["sweep"]["rows"]:
-            lines.append(f"  {r['tool']:52s} {r['seconds']:8.2f} s  worst {100 * r['worst_accuracy']:.2f}%"
-                         f"  {'ok' if r['accurate'] else 'NOT ACCURATE'}")
-    if "cache" in res:
-        lines += ["", "(b) 1-D PLD first call in a fresh process (s): " + "; ".join(
-            f"{run.replace('_', ' ')}: " + ", ".join(f"{r['tool']} {r['first_s']:.2f}"
-                                                      for r in rows)
-            for run, rows in res["cache"].items())]
-    if "memory" in res:
-        m = res["memory"]
-        lines += ["", f"Memory, n = {m['n']}: " + ", ".join(
-            f"{k}: {v['peak_rss_mb']:.0f} MB" + (f" host, {v['peak_device_mb']:.0f} MB device"
-                                                 if "peak_device_mb" in v else "")
-            + f" ({v['seconds']:.1f} s)" for k, v in m.items() if k.startswith("steps_"))
-            + f"; ratio {m['ratio']:.2f}"
-            + (f" (device {m['device_ratio']:.2f})" if "device_ratio" in m else "")]
-    if "sharding" in res:
-        h = res["sharding"]
-        lines += ["", f"Sharding (2 forced host devices, n = {h['n']}): 1 device "
-                  f"{h['seconds_sharded_1_device']:.2f} s, 2 devices "
-                  f"{h['seconds_sharded_2_devices']:.2f} s (x{h['speedup_2_vs_1']:.2f}), "
-                  f"measure_exit_times {h['seconds_measure_exit_times']:.2f} s, identical: "
-                  f"{h['identical']}; training {h.get('training_speedup_2_vs_1', 0):.2f}x"]
-    if "training" in res:
-        t = res["training"]
-        lines += ["", f"Training MNIST-1D MLP, {t['seeds']} seeds x {t['steps_per_seed']} steps: "
-                  f"vmap {t['seconds_vmap']:.2f} s, loop {t['seconds_loop']:.2f} s "
-                  f"(x{t['speedup']:.2f}); {t['train_gflops_vmap']:.1f} GFLOP/s of training "
-                  f"against {t['matmul_gflops']:.1f} for a {t.get('matmul_size', 1024)}^2 matmul"]
-    lines += ["", "Targets (ratios in this run):"]
-    lines += [f"  {k:45s} {v:.3g}" if isinstance(v, float) else f"  {k:45s} {v}"
-              for k, v in res["summary"].items()]
-    return "\n".join(lines)
 
 
 SECTIONS = {"ceilings": run_ceilings, "throughput": run_throughput, "exit": run_exit,
