@@ -61,3 +61,22 @@ def test_alternatives_agree_on_exit_times():
     for name, est in ests.items():
         se = (est.ci[1] - est.ci[0]) / 2 / 1.96
         assert abs(est.mean - PLD1.exact) < 3.3 * se + 0.01 * PLD1.exact, (name, est)
+
+
+def test_a_run_that_fails_midway_keeps_the_sections_it_finished(tmp_path, monkeypatch):
+    out = tmp_path / "partial.json"
+
+    def fails(cfg):
+        raise RuntimeError("killed")
+
+    monkeypatch.setitem(bench.SECTIONS, "memory", lambda cfg: {"n": 1, "ratio": 1.25})
+    monkeypatch.setitem(bench.SECTIONS, "sharding", fails)
+    with pytest.raises(RuntimeError, match="killed"):
+        bench.main(["--quick", "--out", str(out), "--only", "memory,sharding"])
+    saved = json.loads(out.read_text())
+    assert saved["memory"] == {"n": 1, "ratio": 1.25} and "sharding" not in saved
+    assert saved["summary"]["memory_ratio_long_vs_short"] == 1.25
+    assert not list(tmp_path.glob("*.partial"))
+    # --report redoes summary and table from the file alone
+    res = bench.main(["--report", str(out)])
+    assert res["summary"]["memory_ratio_long_vs_short"] == 1.25
