@@ -239,6 +239,9 @@ class _Traced:
         return xp.sqrt(LR / B * (self.sigma_g + 2 * self.sigma_h / self.h * xp.maximum(loss, 0.)))
 
 
+REPEATS = 7  # timed throughputs and ceilings: median of 7 (3 let one noisy run skew a ratio)
+
+
 def timed(fn, *args, repeats=1):
     """(result, median seconds) of fn(*args) after one untimed warm-up call (compilation)."""
     out = jax.block_until_ready(fn(*args))

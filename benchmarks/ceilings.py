@@ -16,10 +16,10 @@ import jax.numpy as jnp
 
 from sgdyn import rng
 
-from .alternatives import timed
+from .alternatives import REPEATS, timed
 
 
-def gaussians_per_second(n=100_000, steps=200, repeats=7):
+def gaussians_per_second(n=100_000, steps=200, repeats=REPEATS):
     @jax.jit
     def run(key):
         def body(acc, k):
@@ -31,7 +31,7 @@ def gaussians_per_second(n=100_000, steps=200, repeats=7):
     return n * steps / t
 
 
-def bits_per_second(n=100_000, steps=400, repeats=7):
+def bits_per_second(n=100_000, steps=400, repeats=REPEATS):
     @jax.jit
     def run(key):
         def body(acc, k):
@@ -43,7 +43,7 @@ def bits_per_second(n=100_000, steps=400, repeats=7):
     return 32 * n * steps / t
 
 
-def counter_gaussians_per_second(n=100_000, steps=200, repeats=7):
+def counter_gaussians_per_second(n=100_000, steps=200, repeats=REPEATS):
     """Gaussians/s from sgdyn.rng: one Threefry call per particle gives two normals."""
     spec = rng.NoiseSpec((("normal", 1),))
     ids = jnp.arange(n, dtype=jnp.uint32)
@@ -60,7 +60,7 @@ def counter_gaussians_per_second(n=100_000, steps=200, repeats=7):
     return n * 2 * (steps // 2) / t
 
 
-def counter_bits_per_second(n=100_000, steps=400, repeats=7):
+def counter_bits_per_second(n=100_000, steps=400, repeats=REPEATS):
     ids = jnp.arange(n, dtype=jnp.uint32)
 
     @jax.jit
@@ -75,7 +75,7 @@ def counter_bits_per_second(n=100_000, steps=400, repeats=7):
     return 64 * n * (steps // 2) / t
 
 
-def arithmetic_steps_per_second(dynamic, n=100_000, steps=2000, repeats=7):
+def arithmetic_steps_per_second(dynamic, n=100_000, steps=2000, repeats=REPEATS):
     """Particle-steps/s of ``dynamic.step`` alone (increments +-1 alternating by step)."""
     d = dynamic.dim
 
@@ -91,7 +91,7 @@ def arithmetic_steps_per_second(dynamic, n=100_000, steps=2000, repeats=7):
     return n * steps / t
 
 
-def matmul_flops_per_second(size=1024, repeats=7):
+def matmul_flops_per_second(size=1024, repeats=REPEATS):
     """float32 FLOP/s of one size x size matrix product: what dense layers can reach at best."""
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
     _, t = timed(jax.jit(lambda a: a @ a), a, repeats=repeats)

@@ -3,9 +3,10 @@
     python benchmarks/compile_probe.py [--cache DIR]
 
 For sgdyn's exit run (Gaussian and three-point increments) and diffrax's ensemble solve of the
-same 1-D PLD task as benchmarks/run.py (b), prints one JSON line per tool: the first call's
-wall time, the second's (compiled code reused, new seed), and the trace, lowering and backend
-compile seconds JAX reports while the first call runs. With --cache, JAX's persistent
+1-D PLD task of benchmarks/run.py (b), the same callables it times, prints one JSON line per
+tool: the first call's wall time, the second's (compiled code reused, new seed), the estimated
+mean exit time, and the trace, lowering and backend compile seconds JAX reports while the
+first call runs. With --cache, JAX's persistent
 compilation cache (sgdyn.cache) is on: run twice to see a later process's first call.
 """
 
@@ -25,8 +26,10 @@ if str(ROOT) not in sys.path:
 import jax  # noqa: E402
 
 import sgdyn as sg  # noqa: E402
-from benchmarks import alternatives as alt  # noqa: E402
 from benchmarks.problems import PLD1  # noqa: E402
+from benchmarks.run import exit_tools  # noqa: E402
+
+TOOLS = ("sgdyn (gaussian)", "sgdyn (three_point)", "diffrax_ensemble")
 
 EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
           "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
@@ -45,24 +48,12 @@ def main(argv=None):
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, secs, **kw: spent.__setitem__(event, spent[event] + secs))
 
-    region, exact = sg.Threshold(PLD1.exit_point), PLD1.exact
-
-    def sgdyn(increments):
-        dyn = sg.EulerMaruyama.make(PLD1.sgdyn_sde(), args.dt, increments)
-        return lambda seed: sg.measure_exit_times(jax.random.key(seed), dyn, region, [0.0],
-                                                  args.n, 20 * exact).estimate.mean
-
-    def diffrax_ensemble():
-        solve = alt.diffrax_ensemble_solver(PLD1, args.n, args.dt, 3 * exact)
-        return lambda seed: float(jax.device_get(solve(jax.random.key(seed)))[0].mean())
-
-    for tool, make in (("sgdyn (gaussian)", lambda: sgdyn("gaussian")),
-                       ("sgdyn (three_point)", lambda: sgdyn("three_point")),
-                       ("diffrax_ensemble", diffrax_ensemble)):
+    tools = exit_tools(PLD1, args.dt, args.n)  # the callables task (b) times; nothing compiled
+    for tool in TOOLS:
+        fn = tools[tool]
         spent.clear()
         t0 = time.perf_counter()
-        fn = make()
-        mean = fn(0)
+        mean = fn(0).mean
         first = time.perf_counter() - t0
         parts = {name: spent.get(event, 0.0) for event, name in EVENTS.items()}
         t0 = time.perf_counter()

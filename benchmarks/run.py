@@ -37,6 +37,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -134,7 +135,7 @@ _samples = jax.jit(sg.simulate_samples, static_argnums=(3, 4, 5, 6))
 def sgdyn_throughput(problem, increments, n, steps, dt=0.01):
     dyn = sg.EulerMaruyama.make(problem.sgdyn_sde(), dt, increments)
     rec, t = alt.timed(_samples, jax.random.key(0), dyn, jnp.zeros(problem.dim), n, steps, 1, 1,
-                       repeats=7)
+                       repeats=alt.REPEATS)
     assert np.all(np.isfinite(np.asarray(rec.x))) and not np.asarray(rec.diverged).any()
     return float(n * (int(rec.burn_in_steps) + int(rec.thin_steps)) / t)
 
@@ -167,7 +168,7 @@ def run_throughput(cfg):
                 p, n, dt, steps * dt, exits=False)),
         ):
             n = cfg["alt_n"][tool][p.name]
-            _, t = alt.timed(make(n), jax.random.key(0), repeats=7)
+            _, t = alt.timed(make(n), jax.random.key(0), repeats=alt.REPEATS)
             rows.append(dict(problem=p.name, tool=tool, n=n, steps=steps,
                              particle_steps_per_s=n * steps / t))
             log(rows[-1])
@@ -406,8 +407,6 @@ def run_cache(cfg):
     """Task (b)'s first call for the 1-D PLD in fresh processes (benchmarks/compile_probe.py):
     without a compilation cache, then twice with JAX's persistent cache in a new folder (the
     first fills it, the second is what a rerun of a script waits)."""
-    import tempfile
-
     c = cfg["exit"]["pld1"]
     probe = [sys.executable, str(ROOT / "benchmarks" / "compile_probe.py"),
              "--n", str(c["n"]), "--dt", str(c["dt"])]
@@ -485,10 +484,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.report:
         res = json.loads(args.report.read_text())
-        res["summary"] = summarize(res)
+        _save(res, args.out)
         print(table(res))
-        if args.out:
-            args.out.write_text(json.dumps(res, indent=1, default=float))
         return res
     on_cpu = jax.default_backend() == "cpu"
     cfg = QUICK if args.quick else FULL if on_cpu else ACCELERATOR
