@@ -6,7 +6,10 @@
   (particle, counter), unrolled so XLA fuses it; faster on a CPU than ``jax.random``, whose
   Threefry runs as a rolled loop there);
 - particle-steps per second of one step's arithmetic alone (the dynamic's ``step`` with a
-  deterministic +-1 increment instead of noise: no random numbers at all).
+  deterministic +-1 increment instead of noise: no random numbers at all);
+- float32 FLOP/s of one large matrix product;
+- for training, the barest vmapped SGD step (gradient and update, nothing else): a floor
+  under any vmapped training step, hence a ceiling on what vmap can gain over a loop.
 """
 
 from __future__ import annotations
@@ -96,3 +99,32 @@ def matmul_flops_per_second(size=1024, repeats=REPEATS):
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
     _, t = timed(jax.jit(lambda a: a @ a), a, repeats=repeats)
     return 2 * size**3 / t
+
+
+def bare_sgd_epoch(model, x, y, batch_size, seeds, steps, lr=0.05):
+    """(jitted run, initial weights) of ``steps`` of the barest SGD step,
+    w <- w - lr grad L_batch(w), for ``seeds`` seeds under ``jax.vmap``, each seed on its own
+    minibatches: no optimizer state, no shuffling, no divergence guard, no evaluation."""
+    from sgdyn.train import models
+    from sgdyn.train.loop import init_params
+
+    params = init_params(model, list(range(seeds)), x)
+    idx = (jnp.arange(seeds * steps * batch_size) % x.shape[0]).reshape(steps, seeds, batch_size)
+    grad = jax.vmap(jax.grad(lambda p, xb, yb: models.mean_loss(model, p, xb, yb)))
+
+    @jax.jit
+    def run(params):
+        def body(p, i):
+            return jax.tree.map(lambda w, g: w - lr * g, p, grad(p, x[i], y[i])), None
+
+        return jax.lax.scan(body, params, idx)[0]
+
+    return run, params
+
+
+def vmapped_sgd_step_seconds(model, x, y, batch_size, seeds, steps, repeats=REPEATS):
+    """Seconds per seed-step of ``bare_sgd_epoch``. No training step of that many seeds can
+    be cheaper, so (one seed's whole step in a loop) / this bounds what vmap can gain."""
+    run, params = bare_sgd_epoch(model, x, y, batch_size, seeds, steps)
+    _, t = timed(run, params, repeats=repeats)
+    return t / (seeds * steps)

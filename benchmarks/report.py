@@ -69,6 +69,8 @@ def summarize(res):
             s["sharding_training_speedup_2_devices"] = res["sharding"]["training_speedup_2_vs_1"]
     if "training" in res:
         s["training_vmap_speedup"] = res["training"]["speedup"]
+        if "speedup_ceiling" in res["training"]:
+            s["training_vmap_speedup_ceiling"] = res["training"]["speedup_ceiling"]
     return s
 
 
@@ -132,6 +134,11 @@ def table(res):
                   f"vmap {t['seconds_vmap']:.2f} s, loop {t['seconds_loop']:.2f} s "
                   f"(x{t['speedup']:.2f}); {t['train_gflops_vmap']:.1f} GFLOP/s of training "
                   f"against {t['matmul_gflops']:.1f} for a {t.get('matmul_size', 1024)}^2 matmul"]
+        if "speedup_ceiling" in t:
+            lines += [f"  a bare vmapped SGD step (gradient and update only) takes "
+                      f"{t['us_per_seed_step_vmap_bare_sgd']:.0f} us per seed-step against "
+                      f"{t['us_per_seed_step_loop']:.0f} us for one seed's "
+                      f"whole step in the loop: vmap can gain at most x{t['speedup_ceiling']:.2f}"]
     lines += ["", "Targets (ratios in this run):"]
     lines += [f"  {k:45s} {v:.3g}" if isinstance(v, float) else f"  {k:45s} {v}"
               for k, v in res["summary"].items()]

@@ -450,12 +450,19 @@ def run_training(cfg):
     agree = max(float(np.max(np.abs(together.test_acc[:, i] - a.test_acc[:, 0])))
                 for i, a in enumerate(alone))
     steps = together.steps_per_epoch * c["epochs"]
+    # the barest vmapped SGD step: a floor under any vmapped step, so a ceiling on the speed-up
+    bare_s = ceilings.vmapped_sgd_step_seconds(model, jnp.asarray(data.x_train),
+                                               jnp.asarray(data.y_train), c["batch_size"],
+                                               len(seeds), together.steps_per_epoch)
+    loop_s = t_loop / (len(seeds) * steps)  # one seed's full step, per step
     n_params = sum(int(np.size(p)) for p in jax.tree.leaves(
         model.init(jax.random.key(0), jnp.zeros((1, data.x_train.shape[1])))))
     out = dict(seeds=len(seeds), epochs=c["epochs"], batch_size=c["batch_size"],
                steps_per_seed=steps, seconds_vmap=t_vmap, seconds_loop=t_loop,
                seed_steps_per_s_vmap=len(seeds) * steps / t_vmap,
                seed_steps_per_s_loop=len(seeds) * steps / t_loop, speedup=t_loop / t_vmap,
+               us_per_seed_step_loop=1e6 * loop_s, us_per_seed_step_vmap_bare_sgd=1e6 * bare_s,
+               speedup_ceiling=loop_s / bare_s,
                max_test_acc_difference=agree,
                # forward + backward of a dense net: about 6 FLOPs per parameter per example
                train_gflops_vmap=6 * n_params * c["batch_size"] * len(seeds) * steps / t_vmap / 1e9,

@@ -80,3 +80,27 @@ def test_a_run_that_fails_midway_keeps_the_sections_it_finished(tmp_path, monkey
     # --report redoes summary and table from the file alone
     res = bench.main(["--report", str(out)])
     assert res["summary"]["memory_ratio_long_vs_short"] == 1.25
+
+
+def test_bare_sgd_floor_does_every_seeds_steps():
+    """The training ceiling's floor is a real SGD run per seed (nothing optimised away)."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks import ceilings
+    from sgdyn.train import MLP, models
+
+    model = MLP(hidden=(8,), num_classes=3)
+    x = jax.random.normal(jax.random.key(0), (20, 5))
+    y = jnp.arange(20) % 3
+    run, params = ceilings.bare_sgd_epoch(model, x, y, batch_size=4, seeds=2, steps=3, lr=0.5)
+    out = run(params)
+    for s in range(2):
+        p = jax.tree.map(lambda a: a[s], params)
+        for k in range(3):
+            rows = (jnp.arange(4) + 4 * (2 * k + s)) % 20  # step k, seed s
+            g = jax.grad(lambda q: models.mean_loss(model, q, x[rows], y[rows]))(p)
+            p = jax.tree.map(lambda w, gw: w - 0.5 * gw, p, g)
+        for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(jax.tree.map(lambda a: a[s], out))):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert ceilings.vmapped_sgd_step_seconds(model, x, y, 4, 2, 3, repeats=1) > 0
