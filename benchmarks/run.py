@@ -191,11 +191,12 @@ def _estimate(time_, escaped):
     return sg.exit_time_estimate(time_, escaped, ~escaped)
 
 
-def exit_tools(problem, dt, n):
+def exit_tools(problem, dt, n, **engine):
     """{tool: seed -> ExitEstimate} for one exit problem; alternatives censor at 3x the exact
     mean (a user who knows the answer's scale; the censoring-aware estimator handles the
-    rest), sgdyn runs until every particle has left (packing the stragglers makes that cheap). Each
-    callable compiles on its first call only."""
+    rest), sgdyn runs until every particle has left (packing the stragglers makes that cheap;
+    ``engine``: more options of ``measure_exit_times``). Each callable compiles on its first
+    call only."""
     exact = problem.exact
     t_alt = 3 * exact
     region = sg.Threshold(problem.exit_point)
@@ -205,7 +206,7 @@ def exit_tools(problem, dt, n):
     def sgdyn(increments):
         dyn = sg.EulerMaruyama.make(problem.sgdyn_sde(), dt, increments)
         return lambda seed: sg.measure_exit_times(jax.random.key(seed), dyn, region, [0.0], n,
-                                                  20 * exact).estimate
+                                                  20 * exact, **engine).estimate
 
     return {
         "sgdyn (gaussian)": sgdyn("gaussian"),
