@@ -3,10 +3,9 @@
     python benchmarks/compile_probe.py [--cache DIR]
 
 For sgdyn's exit run (Gaussian and three-point increments) and diffrax's ensemble solve of the
-1-D PLD task of benchmarks/run.py (b), the same callables it times, and for sgdyn three-point
-run as one loop over 1/8 of the default slots (``n_slots = min_bucket``: the stragglers are
-not packed, so the tick compiles once instead of twice; 2048 slots on a CPU), prints one JSON
-line per tool: the first call's wall time, the second's (compiled code reused, new seed), the estimated
+1-D PLD task of benchmarks/run.py (b), the same callables it times (sgdyn three-point also
+with 2048 slots, too few to pack the stragglers: one loop, so its tick compiles once instead
+of twice), prints one JSON line per tool: the first call's wall time, the second's (compiled code reused, new seed), the estimated
 mean exit time, and the trace, lowering and backend compile seconds JAX reports while the
 first call runs. With --cache, JAX's persistent
 compilation cache (sgdyn.cache) is on: run twice to see a later process's first call.
@@ -31,7 +30,7 @@ import sgdyn as sg  # noqa: E402
 from benchmarks.problems import PLD1  # noqa: E402
 from benchmarks.run import exit_tools  # noqa: E402
 
-TOOLS = ("sgdyn (gaussian)", "sgdyn (three_point)", "sgdyn (three_point, one loop)",
+TOOLS = ("sgdyn (gaussian)", "sgdyn (three_point)", "sgdyn (three_point, 2048 slots)",
          "diffrax_ensemble")
 
 EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
@@ -52,9 +51,6 @@ def main(argv=None):
         lambda event, secs, **kw: spent.__setitem__(event, spent[event] + secs))
 
     tools = exit_tools(PLD1, args.dt, args.n)  # the callables task (b) times; nothing compiled
-    slots = sg.runner.default_slots() // 8
-    tools["sgdyn (three_point, one loop)"] = exit_tools(
-        PLD1, args.dt, args.n, n_slots=slots, min_bucket=slots)["sgdyn (three_point)"]
     for tool in TOOLS:
         fn = tools[tool]
         spent.clear()

@@ -4,6 +4,13 @@ dict that benchmarks/run.py writes, so ``run.py --report FILE`` can redo both of
 
 from __future__ import annotations
 
+# sgdyn's rows in task (b): "sgdyn (<variant>)"
+VARIANTS = ("gaussian", "three_point", "three_point, 2048 slots")
+
+
+def _key(variant):
+    return variant.replace(", ", "_").replace(" ", "_")
+
 
 def summarize(res):
     """Targets of the performance issue, as ratios measured in this run."""
@@ -25,7 +32,7 @@ def summarize(res):
             thr[("pld100", "sgdyn (two_point)")] / c["arithmetic_pld100_particle_steps_per_s"])
     ex = {(r["problem"], r["tool"]): r for r in res.get("exit", [])}
     for p in ("pld1", "langevin1"):
-        for variant in ("gaussian", "three_point"):
+        for variant in VARIANTS:
             base = ex.get((p, f"sgdyn ({variant})"))
             if base is None:
                 continue
@@ -33,7 +40,7 @@ def summarize(res):
                 other = ex.get((p, tool))
                 if other is None:
                     continue
-                name = f"b_{p}_{variant}_vs_{tool}"
+                name = f"b_{p}_{_key(variant)}_vs_{tool}"
                 if not (base["accurate"] and other["accurate"]):
                     s[name] = "not counted (an estimate missed 2%)"
                     continue
@@ -43,10 +50,9 @@ def summarize(res):
             s[f"b_{p}_all_accurate"] = all(r["accurate"] for (q, _), r in ex.items() if q == p)
     for run, rows in res.get("cache", {}).items():
         first = {r["tool"]: r["first_s"] for r in rows}
-        for variant in ("gaussian", "three_point", "three_point, one loop"):
-            if f"sgdyn ({variant})" in first:  # the one-loop row is newer than some results
-                name = variant.replace(", ", "_").replace(" ", "_")
-                s[f"b_pld1_{name}_vs_diffrax_ensemble_first_call_{run}"] = (
+        for variant in VARIANTS:
+            if f"sgdyn ({variant})" in first:  # the 2048-slot row is newer than some results
+                s[f"b_pld1_{_key(variant)}_vs_diffrax_ensemble_first_call_{run}"] = (
                     first["diffrax_ensemble"] / first[f"sgdyn ({variant})"])
     if "sweep" in res:
         rows = res["sweep"]["rows"]
