@@ -49,6 +49,8 @@ def summarize(res):
         if any(q == p for q, _ in ex):
             s[f"b_{p}_all_accurate"] = all(r["accurate"] for (q, _), r in ex.items() if q == p)
     for run, rows in res.get("cache", {}).items():
+        if not isinstance(rows, list):  # an error message
+            continue
         first = {r["tool"]: r["first_s"] for r in rows}
         for variant in VARIANTS:
             if f"sgdyn ({variant})" in first:  # the 2048-slot row is newer than some results
@@ -120,7 +122,7 @@ def table(res):
         lines += ["", "(b) 1-D PLD first call in a fresh process (s): " + "; ".join(
             f"{run.replace('_', ' ')}: " + ", ".join(f"{r['tool']} {r['first_s']:.2f}"
                                                       for r in rows)
-            for run, rows in res["cache"].items())]
+            for run, rows in res["cache"].items() if isinstance(rows, list))]
     if "memory" in res:
         m = res["memory"]
         lines += ["", f"Memory, n = {m['n']}: " + ", ".join(

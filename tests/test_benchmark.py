@@ -104,3 +104,27 @@ def test_bare_sgd_floor_does_every_seeds_steps():
         for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(jax.tree.map(lambda a: a[s], out))):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert ceilings.vmapped_sgd_step_seconds(model, x, y, 4, 2, 3, repeats=1) > 0
+
+
+def test_cache_probe_under_an_unknown_xla_flag_is_recorded_not_fatal(monkeypatch):
+    """The legacy-emitter probe uses an XLA option a later jaxlib may drop: its failure is
+    kept as a message, the other probes' rows are kept, and the summary skips it."""
+    import subprocess
+
+    row = {"tool": "sgdyn (three_point)", "first_s": 1.0}
+    rows = [row, {**row, "tool": "diffrax_ensemble", "first_s": 3.0}]
+
+    def fake_run(cmd, env, **kw):
+        if bench.LEGACY_EMITTERS in env.get("XLA_FLAGS", ""):
+            return subprocess.CompletedProcess(cmd, 1, "", "Unknown flags in XLA_FLAGS")
+        return subprocess.CompletedProcess(cmd, 0, "\n".join(map(json.dumps, rows)), "")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    out = bench.run_cache(bench.QUICK)
+    assert set(out) == {"no_cache", "cache_fill", "cache_hit", "legacy_emitters_error"}
+    assert "Unknown flags" in out["legacy_emitters_error"] and out["cache_hit"] == rows
+    s = bench.summarize({"cache": out})
+    assert s["b_pld1_three_point_vs_diffrax_ensemble_first_call_no_cache"] == 3.0
+    assert not any("legacy" in k for k in s)
+    assert "legacy" not in bench.table({"cache": out, "summary": s, "machine": "m",
+                                        "quick": True})
