@@ -5,9 +5,9 @@
 For sgdyn's exit run (Gaussian and three-point increments) and diffrax's ensemble solve of the
 1-D PLD task of benchmarks/run.py (b), the same callables it times (sgdyn three-point also
 with 2048 slots, too few to pack the stragglers: one loop, so its tick compiles once instead
-of twice), prints one JSON line per tool: the first call's wall time, the second's (compiled code reused, new seed), the estimated
-mean exit time, and the trace, lowering and backend compile seconds JAX reports while the
-first call runs. With --cache, JAX's persistent
+of twice), prints one JSON line per tool: the first call's wall time, the second's (compiled
+code reused, new seed), the estimated mean exit time, and the trace, lowering and backend
+compile seconds JAX reports while the first call runs. With --cache, JAX's persistent
 compilation cache (sgdyn.cache) is on: run twice to see a later process's first call.
 """
 

@@ -421,15 +421,15 @@ def run_cache(cfg):
     probe = [sys.executable, str(ROOT / "benchmarks" / "compile_probe.py"),
              "--n", str(c["n"]), "--dt", str(c["dt"])]
     out = {}
-    legacy = _env()
-    legacy["XLA_FLAGS"] = (legacy.get("XLA_FLAGS", "") + " " + LEGACY_EMITTERS).strip()
+    env = _env()
     with tempfile.TemporaryDirectory(prefix="sgdyn-bench-cache-") as folder:
-        runs = [("no_cache", [], _env()), ("cache_fill", ["--cache", folder], _env()),
-                ("cache_hit", ["--cache", folder], _env())]
+        runs = [("no_cache", [], env), ("cache_fill", ["--cache", folder], env),
+                ("cache_hit", ["--cache", folder], env)]
         if jax.default_backend() == "cpu":
-            runs.append(("no_cache_legacy_emitters", [], legacy))
-        for run, extra, env in runs:
-            res = subprocess.run(probe + extra, capture_output=True, text=True, env=env)
+            flags = (env.get("XLA_FLAGS", "") + " " + LEGACY_EMITTERS).strip()
+            runs.append(("no_cache_legacy_emitters", [], dict(env, XLA_FLAGS=flags)))
+        for run, extra, run_env in runs:
+            res = subprocess.run(probe + extra, capture_output=True, text=True, env=run_env)
             if res.returncode:
                 if run == "no_cache_legacy_emitters":  # optional: the flag may be gone
                     out["legacy_emitters_error"] = res.stderr[-500:]

@@ -40,7 +40,8 @@ HELP = dict(
     n_lengths="exit point: saddle + n_lengths diffusion lengths",
     particles="particles per point", t_max_factor="censoring time t_max = factor x exact mean",
     max_steps="cap on t_max in steps (censored particles are estimated, not dropped)",
-    min_bucket="fewest slots the engine packs its stragglers into", curve_points="points on each theory curve",
+    min_bucket="fewest slots the engine packs its stragglers into",
+    curve_points="points on each theory curve",
     seed="random seed (each point folds in its index)")
 
 
