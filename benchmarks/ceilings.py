@@ -7,7 +7,8 @@
   Threefry runs as a rolled loop there);
 - particle-steps per second of one step's arithmetic alone (the dynamic's ``step`` with a
   deterministic +-1 increment instead of noise: no random numbers at all);
-- float32 FLOP/s of one large matrix product;
+- float32 FLOP/s of one large matrix product, and of a dense layer's small products alone
+  and stacked for several seeds;
 - for training, the barest vmapped SGD step (gradient and update, nothing else): a floor
   under any vmapped training step, hence a ceiling on what vmap can gain over a loop.
 """
@@ -99,6 +100,26 @@ def matmul_flops_per_second(size=1024, repeats=REPEATS):
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
     _, t = timed(jax.jit(lambda a: a @ a), a, repeats=repeats)
     return 2 * size**3 / t
+
+
+def dense_products_flops_per_second(stack, rows, fan_in, fan_out, steps=500, repeats=REPEATS):
+    """float32 FLOP/s of a dense layer's forward and weight-gradient products,
+    h = x W and dW = x^T h, for ``stack`` independent layers at once ([stack, rows, fan_in]
+    by [stack, fan_in, fan_out], what vmap over seeds makes of them), inside ``lax.scan``.
+    With stack = 1 it is one seed's layer: the ratio says whether batching gains per FLOP."""
+    x = jnp.ones((stack, rows, fan_in), jnp.float32)
+    w = jnp.full((stack, fan_in, fan_out), 1e-3, jnp.float32)
+
+    @jax.jit
+    def run(x, w):
+        def body(w, _):
+            h = jnp.einsum("sbk,skh->sbh", x, w)
+            return w + 1e-6 * jnp.einsum("sbk,sbh->skh", x, h), None
+
+        return jax.lax.scan(body, w, None, length=steps)[0]
+
+    _, t = timed(run, x, w, repeats=repeats)
+    return 4 * stack * rows * fan_in * fan_out * steps / t
 
 
 def bare_sgd_epoch(model, x, y, batch_size, seeds, steps, lr=0.05):

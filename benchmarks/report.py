@@ -77,6 +77,9 @@ def summarize(res):
         s["sharding_identical"] = res["sharding"]["identical"]
         if "training_speedup_2_vs_1" in res["sharding"]:
             s["sharding_training_speedup_2_devices"] = res["sharding"]["training_speedup_2_vs_1"]
+        if "training_speedup_2_devices_vs_loop" in res["sharding"]:
+            s["training_vmap_2_devices_speedup"] = res["sharding"][
+                "training_speedup_2_devices_vs_loop"]
     if "training" in res:
         s["training_vmap_speedup"] = res["training"]["speedup"]
         if "speedup_ceiling" in res["training"]:
@@ -138,6 +141,9 @@ def table(res):
                   f"{h['seconds_sharded_2_devices']:.2f} s (x{h['speedup_2_vs_1']:.2f}), "
                   f"measure_exit_times {h['seconds_measure_exit_times']:.2f} s, identical: "
                   f"{h['identical']}; training {h.get('training_speedup_2_vs_1', 0):.2f}x"]
+        if "training_speedup_2_devices_vs_loop" in h:
+            lines += [f"  training seeds under vmap split over the 2 devices against one after "
+                      f"another: x{h['training_speedup_2_devices_vs_loop']:.2f}"]
     if "training" in res:
         t = res["training"]
         lines += ["", f"Training MNIST-1D MLP, {t['seeds']} seeds x {t['steps_per_seed']} steps: "
@@ -149,6 +155,14 @@ def table(res):
                       f"{t['us_per_seed_step_vmap_bare_sgd']:.0f} us per seed-step against "
                       f"{t['us_per_seed_step_loop']:.0f} us for one seed's "
                       f"whole step in the loop: vmap can gain at most x{t['speedup_ceiling']:.2f}"]
+        if "bare_sgd_vmap_gain" in t:
+            lines += [f"  (one seed's bare step: {t['us_per_seed_step_bare_sgd_1_seed']:.0f} us, "
+                      f"so vmap makes the bare step itself x{t['bare_sgd_vmap_gain']:.2f} faster)"]
+        if "layer_gflops_stacked" in t:
+            b, k, h = t["layer_shape"]
+            lines += [f"  first layer's products ({b}x{k} by {k}x{h}): "
+                      f"{t['layer_gflops_1_seed']:.1f} GFLOP/s for one seed, "
+                      f"{t['layer_gflops_stacked']:.1f} stacked for {t['seeds']} seeds"]
     lines += ["", "Targets (ratios in this run):"]
     lines += [f"  {k:45s} {v:.3g}" if isinstance(v, float) else f"  {k:45s} {v}"
               for k, v in res["summary"].items()]

@@ -375,6 +375,14 @@ for shard in (True, False):
     t = min(train(model, data, sgd, shard_seeds=shard, **kw).wall_time_s for _ in range(3))
     out["training_seconds_" + ("2_devices" if shard else "1_device")] = t
 out["training_speedup_2_vs_1"] = out["training_seconds_1_device"] / out["training_seconds_2_devices"]
+# and the same seeds one after another (each on one device): what vmap split over the cores gains
+one = dict(kw, seeds=[0])
+train(model, data, sgd, shard_seeds=False, **one)  # compile
+out["training_seconds_loop"] = min(
+    sum(train(model, data, sgd, shard_seeds=False, **dict(kw, seeds=[s])).wall_time_s
+        for s in kw["seeds"]) for _ in range(3))
+out["training_speedup_2_devices_vs_loop"] = (out["training_seconds_loop"]
+                                             / out["training_seconds_2_devices"])
 print(json.dumps(out))
 """
 
@@ -469,9 +477,16 @@ def run_training(cfg):
                 for i, a in enumerate(alone))
     steps = together.steps_per_epoch * c["epochs"]
     # the barest vmapped SGD step: a floor under any vmapped step, so a ceiling on the speed-up
-    bare_s = ceilings.vmapped_sgd_step_seconds(model, jnp.asarray(data.x_train),
-                                               jnp.asarray(data.y_train), c["batch_size"],
-                                               len(seeds), together.steps_per_epoch)
+    xy = (jnp.asarray(data.x_train), jnp.asarray(data.y_train))
+    bare_s = ceilings.vmapped_sgd_step_seconds(model, *xy, c["batch_size"], len(seeds),
+                                               together.steps_per_epoch)
+    # the same bare step for one seed: how much of the floor vmap itself removes
+    bare_1 = ceilings.vmapped_sgd_step_seconds(model, *xy, c["batch_size"], 1,
+                                               together.steps_per_epoch)
+    # the first hidden layer's products, one seed against all seeds stacked as vmap does
+    layer = (c["batch_size"], data.x_train.shape[1], model.hidden[0])
+    layer_gflops = [ceilings.dense_products_flops_per_second(k, *layer) / 1e9
+                    for k in (1, len(seeds))]
     loop_s = t_loop / (len(seeds) * steps)  # one seed's full step, per step
     n_params = sum(int(np.size(p)) for p in jax.tree.leaves(
         model.init(jax.random.key(0), jnp.zeros((1, data.x_train.shape[1])))))
@@ -480,7 +495,9 @@ def run_training(cfg):
                seed_steps_per_s_vmap=len(seeds) * steps / t_vmap,
                seed_steps_per_s_loop=len(seeds) * steps / t_loop, speedup=t_loop / t_vmap,
                us_per_seed_step_loop=1e6 * loop_s, us_per_seed_step_vmap_bare_sgd=1e6 * bare_s,
-               speedup_ceiling=loop_s / bare_s,
+               speedup_ceiling=loop_s / bare_s, us_per_seed_step_bare_sgd_1_seed=1e6 * bare_1,
+               bare_sgd_vmap_gain=bare_1 / bare_s, layer_shape=list(layer),
+               layer_gflops_1_seed=layer_gflops[0], layer_gflops_stacked=layer_gflops[1],
                max_test_acc_difference=agree,
                # forward + backward of a dense net: about 6 FLOPs per parameter per example
                train_gflops_vmap=6 * n_params * c["batch_size"] * len(seeds) * steps / t_vmap / 1e9,

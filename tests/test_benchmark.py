@@ -50,6 +50,21 @@ def test_quick_benchmark_runs_and_every_estimate_is_accurate(tmp_path):
     assert res["ceilings"]["gaussians_per_s"] > 0
 
 
+def test_quick_sharding_and_training_sections_run(tmp_path):
+    """The two sections the test above skips (they train, and sharding runs a 2-device child):
+    sharded exit records are bit-identical, and the vmapped seeds reach the test accuracy of
+    each seed alone."""
+    res = bench.main(["--quick", "--out", str(tmp_path / "q.json"), "--only", "sharding,training"])
+    h, t = res["sharding"], res["training"]
+    assert h["devices"] == 2 and h["identical"] is True
+    assert h["training_seconds_loop"] > 0 and h["training_speedup_2_devices_vs_loop"] > 0
+    # same numbers up to float rounding: at most a few of the 1000 test examples may flip
+    assert t["max_test_acc_difference"] <= 0.005 and t["seeds"] == 2
+    assert t["speedup_ceiling"] > 0 and t["bare_sgd_vmap_gain"] > 0
+    assert t["layer_shape"] == [256, 40, 100] and t["layer_gflops_stacked"] > 0
+    assert {"training_vmap_2_devices_speedup", "training_vmap_speedup"} <= set(res["summary"])
+
+
 def test_alternatives_agree_on_exit_times():
     """Same scheme, same dt: the alternatives' exit times agree with sgdyn's within noise."""
     dt, n, t_max = 0.04, 1000, 3 * PLD1.exact
