@@ -90,6 +90,13 @@ class PLDLocal:
         return _apply_shape(jnp.sqrt(self.sigma_g + self.sigma_h * (dx @ dx)), self.shape_chol)
 
 
+@jax.jit
+def _loss_at_minimum(landscape):
+    # compiled once per landscape type: evaluated eagerly, each operation of the loss would
+    # compile its own tiny program (about 0.25 s for the Kramers well in a new process)
+    return landscape.loss(landscape.minimum)
+
+
 @pytree_dataclass
 class PLDLoss:
     """C = (sigma_g + (2 sigma_H / h_a) max(L(w) - L(a), 0)) M, h_a the curvature at a."""
@@ -107,7 +114,7 @@ class PLDLoss:
         _checks.nonnegative("sigma_h", sigma_h)
         return PLDLoss(jnp.asarray(sigma_g, float), jnp.asarray(sigma_h, float),
                        jnp.asarray(landscape.curvature_at_minimum(), float),
-                       jnp.asarray(landscape.loss(landscape.minimum), float), _shape_factor(shape))
+                       jnp.asarray(_loss_at_minimum(landscape), float), _shape_factor(shape))
 
     def factor(self, landscape, x):
         excess = jnp.maximum(landscape.loss(x) - self.loss_ref, 0.0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _checks
 from ._pytree import pytree_dataclass
@@ -43,7 +44,9 @@ class Halfspace:
 def Threshold(level, dim: int = 1, axis: int = 0) -> Halfspace:
     """Exit when x[axis] >= level (e.g. a point past the saddle)."""
     _checks.finite("level", level)
-    return Halfspace(jnp.zeros(dim).at[axis].set(1.0), jnp.asarray(level, float))
+    # built in numpy: eager jnp ops would each compile a tiny XLA program on first use
+    direction = np.eye(dim, dtype=jax.dtypes.canonicalize_dtype(float))[axis]
+    return Halfspace(jax.device_put(direction), jnp.asarray(level, float))
 
 
 @pytree_dataclass
@@ -91,9 +94,15 @@ class Interval:
         return jnp.where(upper, 1.0, -1.0)[None]
 
 
+@jax.jit
+def _distance(region, x):
+    # one small compiled program per region type instead of one per eager operation
+    return region.distance(x)
+
+
 def check_start(region, x0) -> None:
     """ValueError unless x0 lies strictly inside the region."""
-    d = float(region.distance(jnp.asarray(x0, float)))
+    d = float(_distance(region, np.asarray(x0, jax.dtypes.canonicalize_dtype(float))))
     if not d > 0:
         raise ValueError(f"x0 must lie strictly inside the exit region (distance to boundary "
                          f"{d:.4g} <= 0), got x0={x0}")

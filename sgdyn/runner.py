@@ -49,7 +49,7 @@ class _Layout:
     def put(self, value):
         value = np.asarray(value)
         if self.mesh is None:
-            return jnp.asarray(value)
+            return jax.device_put(value)  # jnp.asarray would compile a copy per dtype
         sharding = NamedSharding(self.mesh, P(AXIS))
         return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
