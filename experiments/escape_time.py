@@ -1,9 +1,12 @@
 """Measure one mean exit time, with its confidence interval and the theory values.
 
-Example:
-    python experiments/escape_time.py --landscape kramers --h-min 2 --h-saddle 2 --barrier 1 \
-        --dynamics pld --lr 0.1 --batch-size 1 --sigma-g 1 --sigma-h 2 --particles 20000 \
-        --seed 0 --json out.json
+Example (about 3 s on a 2-core CPU; mean 24.72, exact 24.63):
+    python experiments/escape_time.py --landscape kramers --h-min 4 --h-saddle 4 --barrier 0.3 \
+        --dynamics pld --lr 0.1 --batch-size 1 --sigma-g 2 --sigma-h 4 --dt 0.01 \
+        --correction gobet --particles 20000 --seed 0 --json out.json
+
+The run costs about (particles) x (exact mean exit time / dt) steps: check ``sgdyn.theory``
+first for slow escapes.
 """
 
 from __future__ import annotations
