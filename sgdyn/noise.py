@@ -59,12 +59,11 @@ class HessianNoise:
     @staticmethod
     def make(landscape, sigma2) -> "HessianNoise":
         _checks.positive("sigma2", sigma2)
-        h = landscape.hessian(landscape.minimum)
-        eig = jnp.linalg.eigvalsh(h)
+        eig, chol = _hessian_at_minimum(landscape)
         if not bool(jnp.all(eig > 0)):
             raise ValueError(f"HessianNoise needs a positive-definite Hessian at the minimum, "
                              f"got eigenvalues {eig}")
-        return HessianNoise(jnp.asarray(sigma2, float), jnp.linalg.cholesky(h))
+        return HessianNoise(jnp.asarray(sigma2, float), chol)
 
     def factor(self, landscape, x):
         return jnp.sqrt(self.sigma2) * self.hessian_sqrt
@@ -90,11 +89,20 @@ class PLDLocal:
         return _apply_shape(jnp.sqrt(self.sigma_g + self.sigma_h * (dx @ dx)), self.shape_chol)
 
 
+# Constructors evaluate the landscape at its minimum in one compiled call per landscape type:
+# evaluated eagerly, each operation would compile its own tiny XLA program on first use (about
+# 0.25 s for the Kramers well's loss in a new process, more for a Hessian).
 @jax.jit
-def _loss_at_minimum(landscape):
-    # compiled once per landscape type: evaluated eagerly, each operation of the loss would
-    # compile its own tiny program (about 0.25 s for the Kramers well in a new process)
-    return landscape.loss(landscape.minimum)
+def _basin(landscape):
+    """(L(a), h_a): the loss and mean Hessian eigenvalue at the minimum a."""
+    return landscape.loss(landscape.minimum), landscape.curvature_at_minimum()
+
+
+@jax.jit
+def _hessian_at_minimum(landscape):
+    """(eigenvalues, Cholesky factor) of H(a)."""
+    h = landscape.hessian(landscape.minimum)
+    return jnp.linalg.eigvalsh(h), jnp.linalg.cholesky(h)
 
 
 @pytree_dataclass
@@ -112,9 +120,10 @@ class PLDLoss:
         """h_a is the landscape's ``curvature_at_minimum()`` (mean Hessian eigenvalue in d-D)."""
         _checks.positive("sigma_g", sigma_g)
         _checks.nonnegative("sigma_h", sigma_h)
+        loss_ref, h_ref = _basin(landscape)
         return PLDLoss(jnp.asarray(sigma_g, float), jnp.asarray(sigma_h, float),
-                       jnp.asarray(landscape.curvature_at_minimum(), float),
-                       jnp.asarray(_loss_at_minimum(landscape), float), _shape_factor(shape))
+                       jnp.asarray(h_ref, float), jnp.asarray(loss_ref, float),
+                       _shape_factor(shape))
 
     def factor(self, landscape, x):
         excess = jnp.maximum(landscape.loss(x) - self.loss_ref, 0.0)

@@ -146,6 +146,11 @@ def pld_parameters(problem):
     """
     if problem.dim != 1:
         raise ValueError(f"pld_parameters needs a 1-D problem, got dim={problem.dim}")
+    return _pld_parameters(problem)
+
+
+@jax.jit  # one compiled call instead of a tiny compiled program per eager operation
+def _pld_parameters(problem):
     a = problem.minimum
     g = problem.example_grads(a)[:, 0]
     h = jax.vmap(lambda i: jax.jacfwd(lambda w: problem.batch_grad(w, i[None]))(a)[0, 0])(
