@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _checks
 from ._pytree import pytree_dataclass
@@ -60,7 +61,7 @@ class HessianNoise:
     def make(landscape, sigma2) -> "HessianNoise":
         _checks.positive("sigma2", sigma2)
         eig, chol = _hessian_at_minimum(landscape)
-        if not bool(jnp.all(eig > 0)):
+        if not np.all(np.asarray(eig) > 0):
             raise ValueError(f"HessianNoise needs a positive-definite Hessian at the minimum, "
                              f"got eigenvalues {eig}")
         return HessianNoise(jnp.asarray(sigma2, float), chol)

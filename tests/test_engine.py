@@ -434,6 +434,21 @@ def test_no_recompilation_for_new_parameter_values():
     assert advance._cache_size() == before
 
 
+def test_building_a_dynamic_compiles_one_program_per_evaluation(caplog):
+    """Constructors evaluate at the minimum in one compiled call, not one tiny XLA program per
+    eager operation (each costs 5-30 ms on a CPU the first time a process meets its shape):
+    a new landscape shape costs one compilation for PLDLoss and one for HessianNoise."""
+    import logging
+
+    well = sg.Quadratic.make(1.3, dim=7)  # a shape no other test builds
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        sg.PLDLoss.make(well, sigma_g=1.0, sigma_h=0.5)
+        sg.HessianNoise.make(well, 0.2)
+    compiled = [r.getMessage() for r in caplog.records
+                if "Finished XLA compilation" in r.getMessage()]
+    assert len(compiled) <= 2, compiled
+
+
 def test_divergent_particles_are_counted_apart():
     sde = sg.SDE.make(sg.Quadratic.make(1.0), sg.Isotropic.make(1e-4), lr=2.5, batch_size=1)
     res = sg.measure_exit_times(jax.random.key(0), sg.EulerMaruyama.make(sde), sg.Ball.make([0.0], 1e12),
