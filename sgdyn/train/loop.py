@@ -231,6 +231,8 @@ def train(model, data: Dataset, optimizer_fn: OptimizerFn, *, lr, batch_size: in
     Sharpness uses the first ``sharpness_examples`` training examples (all by default).
     With several devices (and ``shard_seeds``), the seeds are split over all of them
     (``seed_mesh``); a seed's numbers do not depend on where it runs, up to float rounding.
+    On a CPU, give JAX one device per core (``JAX_NUM_CPU_DEVICES``, set before JAX starts)
+    to train the seeds in parallel: vmap alone gains little there (see the README).
     """
     seeds, lr = _check_args(data, optimizer_fn, lr, batch_size, epochs, seeds, loss_weight_scale,
                             sharpness_iters, sharpness_examples, per_example_grads)
