@@ -206,18 +206,19 @@ def _settle(w: _Walk, x, running, steps_per_tick: int, ticks: int) -> _Walk:
 
 
 def advance_exits(key, dynamic, region, walk: _Walk, max_steps, *, queue: _Queue | None = None,
-                  x0=None, pack_into: int | None = None, correction=None,
+                  x0=None, pack_into: int | tuple[int, ...] | None = None, correction=None,
                   ticks_per_block: int = 32, divergence_bound=1e8) -> tuple[_Walk, _Queue | None]:
     """Step the slots of ``walk`` until no particle is running (a particle still inside after
     ``max_steps`` steps stops there: censored).
 
     With a ``queue``, after every block of ``ticks_per_block`` ticks each finished slot hands
     its outcome to the queue and takes the next waiting particle (started at ``x0``), so the
-    array stays full until the queue is empty. With ``pack_into`` (a static slot count), once
-    the queue is empty and at most that many particles still run, they are packed into an
-    array of ``pack_into`` slots (the walk returned) and go on there: the stragglers cost what
-    they need, in the same compiled program. A particle's noise and exit step depend only on
-    its id and age, never on its slot.
+    array stays full until the queue is empty. With ``pack_into`` (a static slot count, or a
+    decreasing tuple of them), once the queue is empty and at most that many particles still
+    run, they are packed into an array of ``pack_into`` slots (the walk returned) and go on
+    there, and so on down the tuple: the stragglers cost what they need, in the same compiled
+    program (one loop per array size). A particle's noise and exit step depend only on its id
+    and age, never on its slot.
     """
     spec = exit_spec(dynamic, correction)
     steps_per_tick = rng.plan(spec)[0]
@@ -269,12 +270,16 @@ def advance_exits(key, dynamic, region, walk: _Walk, max_steps, *, queue: _Queue
             return (n_live > 0) & ((q.next < q.end) | (n_live > stop_below))
         return keep_going
 
-    if queue is None or pack_into is None or pack_into >= walk.ids.shape[0]:
-        return jax.lax.while_loop(running_above(0), block, (walk, queue))
-    # two loops in one program: the full array while the queue lasts and more than pack_into
-    # particles run, then the packed stragglers alone (the same steps on a smaller array)
-    walk, queue = jax.lax.while_loop(running_above(pack_into), block, (walk, queue))
-    walk = _pack(walk, live_slots(walk), pack_into)
+    sizes = () if queue is None or pack_into is None else (
+        (pack_into,) if isinstance(pack_into, int) else tuple(pack_into))
+    # one loop per array size in one program: the full array while the queue lasts and more
+    # than sizes[0] particles run, then the packed stragglers alone (the same steps on a
+    # smaller array), and so on
+    for size in sizes:
+        if size >= walk.ids.shape[0]:
+            continue  # no smaller than the array in hand: nothing to pack
+        walk, queue = jax.lax.while_loop(running_above(size), block, (walk, queue))
+        walk = _pack(walk, live_slots(walk), size)
     return jax.lax.while_loop(running_above(0), block, (walk, queue))
 
 

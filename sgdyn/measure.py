@@ -25,7 +25,7 @@ from .checkpoint import Checkpoint, fingerprint
 from .ensemble import ExitRecord, simulate_exits, simulate_samples
 from .estimators import ExitEstimate, exit_time_estimate
 from .regions import CORRECTIONS, check_start
-from .runner import MIN_BUCKET, check_options, run_exits
+from .runner import check_options, run_exits
 
 _STATIC = ("n_particles", "correction", "ticks_per_block")
 
@@ -65,13 +65,15 @@ def result(record: ExitRecord, confidence: float = 0.95) -> ExitResult:
 
 def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, correction=None,
                        chunk_size: int | None = None, confidence: float = 0.95,
-                       ticks_per_block: int = 32, min_bucket: int = MIN_BUCKET,
+                       ticks_per_block: int = 32, min_bucket: int | None = None,
                        n_slots: int | None = None, checkpoint=None) -> ExitResult:
     """Exit times of ``n_particles`` runs of ``dynamic`` from ``region`` (see simulate_exits).
 
     Particles are processed ``chunk_size`` at a time (default: all at once) through
     ``n_slots`` slots (default ``sgdyn.runner.default_slots()``: 16384 on a CPU, 2^20 on an
-    accelerator), refilled as particles leave and packed at the end (``sgdyn.runner``);
+    accelerator), refilled as particles leave and packed at the end (``sgdyn.runner``) into
+    arrays of no fewer than ``min_bucket`` slots (default ``runner.default_min_bucket``:
+    2048, on a CPU 256 or 32 for runs of 2^17 or 2^21 steps and more);
     the record is identical for every chunk size, slot count and device count.
     With ``checkpoint`` (a folder or ``sgdyn.checkpoint.Checkpoint``) every finished chunk is
     saved, and a re-run with the same arguments resumes from the chunks already done.
@@ -121,7 +123,7 @@ def _per_item(value, m, name):
 def sweep_exit_times(key, dynamics, regions, x0, n_particles: int, t_max, *, correction=None,
                      confidence: float = 0.95, ticks_per_block: int = 32,
                      vectorized: bool = False, n_slots: int | None = None,
-                     min_bucket: int = MIN_BUCKET) -> list[ExitResult]:
+                     min_bucket: int | None = None) -> list[ExitResult]:
     """Exit times for a list of same-shaped dynamics (a sweep, e.g. eight sharpness values).
 
     ``regions`` and ``t_max`` are each one value shared by all, or a list with one per

@@ -6,8 +6,9 @@ the jitted loop (``sgdyn.ensemble.advance_exits``): the array stays full. Escape
 roughly exponential, so once the queue is empty the last particles leave about ln S mean
 times after the others; stepping the whole array until then would waste most of the work.
 So once the queue is empty and at most S / ``SHRINK`` (and at least ``min_bucket``)
-particles still run, the loop packs them into an array of that many slots and goes on there:
-two while loops in one compiled program, and the whole run is one call (one compilation per
+particles still run, the loop packs them into an array of that many slots and goes on there,
+and again at 1/SHRINK of that, down to ``min_bucket`` (``pack_sizes``): one while loop per
+array size in one compiled program, and the whole run is one call (one compilation per
 dynamic and shape, no round trips to the host). Particles keep their ids and ages, so none of
 this changes a number.
 
@@ -31,7 +32,7 @@ from .ensemble import PAD, RUNNING, ExitRecord, _Queue, _Walk, advance_exits, ex
 
 AXIS = "particles"
 SHRINK = 8  # pack the stragglers once at most 1/SHRINK of the slots run
-MIN_BUCKET = 2048  # but into no fewer slots than this
+MIN_BUCKET = 2048  # but into no fewer slots than this (long CPU runs: default_min_bucket)
 
 
 def default_slots() -> int:
@@ -83,33 +84,62 @@ def _advance_fn(mesh, correction, ticks_per_block: int, divergence_bound: float,
     return jax.jit(local, donate_argnums=(9, 10))
 
 
+def pack_sizes(slots: int, min_bucket: int) -> tuple[int, ...]:
+    """The array sizes the stragglers are packed into, each 1/SHRINK of the one before and
+    none below ``min_bucket``: (2048,) for 16384 slots and the default floor."""
+    sizes = []
+    while (smaller := max(slots // SHRINK, min_bucket)) < slots:
+        sizes.append(smaller)
+        slots = smaller
+    return tuple(sizes)
+
+
+def default_min_bucket(n_steps: int) -> int:
+    """The packing floor when none is given, from the run's step limit ``n_steps``.
+
+    On a CPU a step costs about in proportion to the slots stepped (2048 slots cost 5-7x what
+    256 do), and every array size is one more loop to compile (~0.5 s). A long run's last
+    particles take ln(S) + 0.58 mean exit times to leave, so there it pays to pack them down
+    to 256 slots (t_max of 2^17 steps or more) or 32 (2^21); short runs keep MIN_BUCKET.
+    On an accelerator a step over fewer slots costs no less: MIN_BUCKET throughout.
+    """
+    if jax.default_backend() != "cpu":
+        return MIN_BUCKET
+    return 32 if n_steps >= 2**21 else 256 if n_steps >= 2**17 else MIN_BUCKET
+
+
 def check_options(n_slots, min_bucket) -> None:
     """ValueError naming the argument for a bad slot count or packing floor."""
-    _checks.positive_int("min_bucket", min_bucket)
+    if min_bucket is not None:
+        _checks.positive_int("min_bucket", min_bucket)
     if n_slots is not None:
         _checks.positive_int("n_slots", n_slots)
 
 
 def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction=None,
               mesh: Mesh | None = None, n_slots: int | None = None,
-              ticks_per_block: int = 32, min_bucket: int = MIN_BUCKET, divergence_bound=1e8,
+              ticks_per_block: int = 32, min_bucket: int | None = None, divergence_bound=1e8,
               pack: bool = True) -> ExitRecord:
     """Exit records (numpy) of particles ``first`` .. ``first + n - 1``; see the module doc.
-    ``pack=False`` puts every particle in a slot and never packs the stragglers."""
+    ``pack=False`` puts every particle in a slot and never packs the stragglers;
+    ``min_bucket`` None: ``default_min_bucket``."""
     check_options(n_slots, min_bucket)
+    dtype = jnp.zeros(()).dtype
+    # the step count is computed once, here, and handed to the kernel as an integer
+    n_steps = int(max_steps(np.asarray(dynamic.dt), np.asarray(t_max, dtype), xp=np))
+    if min_bucket is None:
+        min_bucket = default_min_bucket(n_steps)
     lay = _Layout(mesh)
     n_dev = lay.n_dev
     n_slots = (n_slots or default_slots()) if pack else n
     per_queue = -(-n // n_dev)  # particle ids each device's queue covers
     per_dev = min(per_queue, -(-n_slots // n_dev))  # slots per device
-    # advance_exits packs only if pack_into is below its slot count
-    pack_into = max(per_dev // SHRINK, min_bucket) if pack else None
+    pack_into = pack_sizes(per_dev, min_bucket) if pack else None
     lo = first + np.arange(n_dev, dtype=np.int64) * per_queue
     hi = np.maximum(np.minimum(lo + per_queue, first + n), lo)
     ids = lo[:, None] + np.arange(per_dev)[None, :]
     filled = (ids < hi[:, None]).ravel()
     size = n_dev * per_dev
-    dtype = jnp.zeros(()).dtype
     walk = _Walk(lay.put(np.broadcast_to(np.asarray(x0, dtype), (size, dynamic.dim))),
                  lay.put(np.where(filled, RUNNING, PAD).astype(np.int8)),
                  lay.put(np.zeros(size, np.int32)), lay.put(np.zeros(size, np.int32)),
@@ -121,8 +151,6 @@ def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction
 
     advance = _advance_fn(mesh, correction, int(ticks_per_block), float(divergence_bound),
                           pack_into)
-    # the step count is computed once, here, and handed to the kernel as an integer
-    n_steps = int(max_steps(np.asarray(dynamic.dt), np.asarray(t_max, dtype), xp=np))
     status, exit_step = advance(key, dynamic, region, np.asarray(x0, dtype), np.int32(n_steps),
                                 walk, q_next, q_end, q_first, out_status, out_step)
     status = lay.get(status)[:n]

@@ -57,7 +57,7 @@ from jax.sharding import Mesh
 from .ensemble import ExitRecord
 from .measure import ExitResult, _validate, result
 from .regions import check_start
-from .runner import AXIS, MIN_BUCKET, run_exits
+from .runner import AXIS, run_exits
 
 
 def particle_mesh(devices=None) -> Mesh:
@@ -69,7 +69,7 @@ def particle_mesh(devices=None) -> Mesh:
 def measure_exit_times_sharded(key, dynamic, region, x0, n_particles: int, t_max, *,
                                correction=None, mesh: Mesh | None = None,
                                confidence: float = 0.95, ticks_per_block: int = 32,
-                               min_bucket: int = MIN_BUCKET, n_slots: int | None = None,
+                               min_bucket: int | None = None, n_slots: int | None = None,
                                divergence_bound=1e8) -> ExitResult:
     """``sgdyn.measure_exit_times`` with the particles split over ``mesh`` (default: all
     devices), each device refilling and packing its own slots.

@@ -376,6 +376,7 @@ def test_censored_runs_end_at_t_max_as_the_kernel_counts_it():
 
 def test_same_key_same_result_and_chunking_changes_nothing():
     # n_slots=256: each slot is refilled ~12 times, then the stragglers are packed into 32
+    # slots and then 16 (three loops)
     a, b, c = _small_run(), _small_run(), _small_run(chunk_size=700)
     d = _small_run(n_slots=256, min_bucket=16)
     for f in ("time", "escaped", "censored"):
@@ -383,6 +384,38 @@ def test_same_key_same_result_and_chunking_changes_nothing():
         assert np.array_equal(getattr(a.record, f), getattr(c.record, f))
         assert np.array_equal(getattr(a.record, f), getattr(d.record, f))
     assert a.estimate.n_censored > 0  # t_max = 2 censors some: the censored path is covered too
+
+
+def test_stragglers_are_packed_in_steps_of_eight_down_to_the_floor():
+    from sgdyn import runner
+
+    assert runner.pack_sizes(16384, 2048) == (2048,)
+    assert runner.pack_sizes(16384, 32) == (2048, 256, 32)
+    assert runner.pack_sizes(2000, 256) == (256,) and runner.pack_sizes(2000, 2048) == ()
+    assert runner.pack_sizes(300, 16) == (37, 16)
+    if jax.default_backend() == "cpu":  # long runs pack further on a CPU, short ones do not
+        floors = [runner.default_min_bucket(n) for n in (2**17 - 1, 2**17, 2**21 - 1, 2**21)]
+        assert floors == [runner.MIN_BUCKET, 256, 256, 32]
+
+
+def test_a_long_run_packed_to_its_default_floor_gives_the_same_record(monkeypatch):
+    # t_max of 2.2e6 steps: on a CPU the default floor is 32, so 1024 slots pack into 128 and
+    # then 32 (three loops), against one loop with the floor at 2048; the particles all leave
+    # within a few hundred steps
+    from sgdyn import runner
+
+    used = []
+    real = runner.pack_sizes
+    monkeypatch.setattr(runner, "pack_sizes", lambda *a: used.append(real(*a)) or used[-1])
+    dyn = sg.EulerMaruyama.make(OU, 0.01)
+    args = (jax.random.key(7), dyn, sg.Interval.make(-R, R), [0.0], 3000, 2.2e4)
+    auto = sg.measure_exit_times(*args, n_slots=1024)
+    one_loop = sg.measure_exit_times(*args, n_slots=1024, min_bucket=2048)
+    if jax.default_backend() == "cpu":
+        assert used == [(128, 32), ()]
+    assert auto.estimate.n_escaped == 3000
+    for f in ("time", "escaped", "censored", "diverged"):
+        assert np.array_equal(getattr(auto.record, f), getattr(one_loop.record, f))
 
 
 def test_a_particle_the_engine_loses_raises_instead_of_reading_censored(monkeypatch):
@@ -425,7 +458,7 @@ def test_no_recompilation_for_new_parameter_values():
     from sgdyn import runner
 
     _small_run()
-    advance = runner._advance_fn(None, None, 32, 1e8, 2048)  # 3000 particles: pack into 2048
+    advance = runner._advance_fn(None, None, 32, 1e8, (2048,))  # 3000 particles: pack into 2048
     before = advance._cache_size()
     for sigma2 in (0.5, 0.8, 1.3):
         sde = sg.SDE.make(sg.Quadratic.make(1.7), sg.Isotropic.make(sigma2), lr=0.9, batch_size=2)
