@@ -71,9 +71,9 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
 
     Particles are processed ``chunk_size`` at a time (default: all at once) through
     ``n_slots`` slots (default ``sgdyn.runner.default_slots()``: 16384 on a CPU, 2^20 on an
-    accelerator), refilled as particles leave and packed at the end (``sgdyn.runner``) into
-    arrays of no fewer than ``min_bucket`` slots (default ``runner.default_min_bucket``:
-    2048, on a CPU 256 or 32 for runs of 2^17 or 2^21 steps and more);
+    accelerator), refilled as particles leave and packed at the end (``sgdyn.runner``: on a
+    CPU into ever smaller arrays of no fewer than ``min_bucket`` slots, by default 2048, or
+    256 / 32 for runs of 2^17 / 2^21 steps and more; on an accelerator once);
     the record is identical for every chunk size, slot count and device count.
     With ``checkpoint`` (a folder or ``sgdyn.checkpoint.Checkpoint``) every finished chunk is
     saved, and a re-run with the same arguments resumes from the chunks already done.

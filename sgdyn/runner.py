@@ -7,8 +7,8 @@ roughly exponential, so once the queue is empty the last particles leave about l
 times after the others; stepping the whole array until then would waste most of the work.
 So once the queue is empty and at most S / ``SHRINK`` (and at least ``min_bucket``)
 particles still run, the loop packs them into an array of that many slots and goes on there,
-and again at 1/SHRINK of that, down to ``min_bucket`` (``pack_sizes``): one while loop per
-array size in one compiled program, and the whole run is one call (one compilation per
+and on a CPU again at 1/SHRINK of that, down to ``min_bucket`` (``pack_sizes``): one while
+loop per array size in one compiled program, and the whole run is one call (one compilation per
 dynamic and shape, no round trips to the host). Particles keep their ids and ages, so none of
 this changes a number.
 
@@ -84,11 +84,12 @@ def _advance_fn(mesh, correction, ticks_per_block: int, divergence_bound: float,
     return jax.jit(local, donate_argnums=(9, 10))
 
 
-def pack_sizes(slots: int, min_bucket: int) -> tuple[int, ...]:
+def pack_sizes(slots: int, min_bucket: int, most: int | None = None) -> tuple[int, ...]:
     """The array sizes the stragglers are packed into, each 1/SHRINK of the one before and
-    none below ``min_bucket``: (2048,) for 16384 slots and the default floor."""
+    none below ``min_bucket``, at most ``most`` of them: (2048,) for 16384 slots and the
+    default floor."""
     sizes = []
-    while (smaller := max(slots // SHRINK, min_bucket)) < slots:
+    while (smaller := max(slots // SHRINK, min_bucket)) < slots and len(sizes) != most:
         sizes.append(smaller)
         slots = smaller
     return tuple(sizes)
@@ -134,7 +135,10 @@ def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction
     n_slots = (n_slots or default_slots()) if pack else n
     per_queue = -(-n // n_dev)  # particle ids each device's queue covers
     per_dev = min(per_queue, -(-n_slots // n_dev))  # slots per device
-    pack_into = pack_sizes(per_dev, min_bucket) if pack else None
+    # on an accelerator a step over fewer slots costs no less (it is bound by launches, not
+    # arithmetic): there the stragglers are packed once, as every extra size costs a compile
+    most = None if jax.default_backend() == "cpu" else 1
+    pack_into = pack_sizes(per_dev, min_bucket, most) if pack else None
     lo = first + np.arange(n_dev, dtype=np.int64) * per_queue
     hi = np.maximum(np.minimum(lo + per_queue, first + n), lo)
     ids = lo[:, None] + np.arange(per_dev)[None, :]

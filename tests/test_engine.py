@@ -393,6 +393,7 @@ def test_stragglers_are_packed_in_steps_of_eight_down_to_the_floor():
     assert runner.pack_sizes(16384, 32) == (2048, 256, 32)
     assert runner.pack_sizes(2000, 256) == (256,) and runner.pack_sizes(2000, 2048) == ()
     assert runner.pack_sizes(300, 16) == (37, 16)
+    assert runner.pack_sizes(2**20, 2048, most=1) == (2**17,)  # accelerators: packed once
     if jax.default_backend() == "cpu":  # long runs pack further on a CPU, short ones do not
         floors = [runner.default_min_bucket(n) for n in (2**17 - 1, 2**17, 2**21 - 1, 2**21)]
         assert floors == [runner.MIN_BUCKET, 256, 256, 32]
