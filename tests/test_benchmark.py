@@ -65,6 +65,15 @@ def test_quick_sharding_and_training_sections_run(tmp_path):
     assert {"training_vmap_2_devices_speedup", "training_vmap_speedup"} <= set(res["summary"])
 
 
+def test_long_run_probe_compares_identical_records():
+    """benchmarks/long_runs.py: the default packing and the 2048-slot floor give one record."""
+    from benchmarks import long_runs
+
+    row = long_runs.run(0.3, 500, repeats=1)
+    assert row["identical"] is True and row["default"]["mean"] == row["floor_2048"]["mean"]
+    assert abs(row["default"]["mean"] - row["exact"]) < 0.1 * row["exact"]
+
+
 def test_alternatives_agree_on_exit_times():
     """Same scheme, same dt: the alternatives' exit times agree with sgdyn's within noise."""
     dt, n, t_max = 0.04, 1000, 3 * PLD1.exact
