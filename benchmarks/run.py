@@ -467,12 +467,15 @@ def run_training(cfg):
     kw = dict(lr=0.05, batch_size=c["batch_size"], epochs=c["epochs"], sharpness_iters=0)
     train(model, data, opt, seeds=seeds, **kw)  # compile
     train(model, data, opt, seeds=[0], **kw)
-    t0 = time.perf_counter()
-    together = train(model, data, opt, seeds=seeds, **kw)
-    t_vmap = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    alone = [train(model, data, opt, seeds=[s], **kw) for s in seeds]
-    t_loop = time.perf_counter() - t0
+    t_vmap, t_loop = [], []
+    for _ in range(3):  # alternating, the fastest of each: the VM's noise only slows runs down
+        t0 = time.perf_counter()
+        together = train(model, data, opt, seeds=seeds, **kw)
+        t_vmap.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        alone = [train(model, data, opt, seeds=[s], **kw) for s in seeds]
+        t_loop.append(time.perf_counter() - t0)
+    t_vmap, t_loop = min(t_vmap), min(t_loop)
     agree = max(float(np.max(np.abs(together.test_acc[:, i] - a.test_acc[:, 0])))
                 for i, a in enumerate(alone))
     steps = together.steps_per_epoch * c["epochs"]
