@@ -87,9 +87,10 @@ def _advance_fn(mesh, correction, ticks_per_block: int, divergence_bound: float,
 def pack_sizes(slots: int, min_bucket: int, most: int | None = None) -> tuple[int, ...]:
     """The array sizes the stragglers are packed into, each 1/SHRINK of the one before and
     none below ``min_bucket``, at most ``most`` of them: (2048,) for 16384 slots and the
-    default floor."""
+    default floor. A size that would not halve the array is left out: its loop would cost a
+    compilation and save little."""
     sizes = []
-    while (smaller := max(slots // SHRINK, min_bucket)) < slots and len(sizes) != most:
+    while (smaller := max(slots // SHRINK, min_bucket)) <= slots // 2 and len(sizes) != most:
         sizes.append(smaller)
         slots = smaller
     return tuple(sizes)

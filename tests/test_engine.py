@@ -393,6 +393,7 @@ def test_stragglers_are_packed_in_steps_of_eight_down_to_the_floor():
     assert runner.pack_sizes(16384, 32) == (2048, 256, 32)
     assert runner.pack_sizes(2000, 256) == (256,) and runner.pack_sizes(2000, 2048) == ()
     assert runner.pack_sizes(300, 16) == (37, 16)
+    assert runner.pack_sizes(300, 32) == (37,) and runner.pack_sizes(300, 256) == ()  # < 1/2
     assert runner.pack_sizes(2**20, 2048, most=1) == (2**17,)  # accelerators: packed once
     if jax.default_backend() == "cpu":  # long runs pack further on a CPU, short ones do not
         floors = [runner.default_min_bucket(n) for n in (2**17 - 1, 2**17, 2**21 - 1, 2**21)]
@@ -459,8 +460,10 @@ def test_no_recompilation_for_new_parameter_values():
     from sgdyn import runner
 
     _small_run()
-    advance = runner._advance_fn(None, None, 32, 1e8, (2048,))  # 3000 particles: pack into 2048
+    # the compiled function a 3000-particle run uses (its pack sizes, as run_exits computes them)
+    advance = runner._advance_fn(None, None, 32, 1e8, runner.pack_sizes(3000, runner.MIN_BUCKET))
     before = advance._cache_size()
+    assert before >= 1  # the run above compiled this very function
     for sigma2 in (0.5, 0.8, 1.3):
         sde = sg.SDE.make(sg.Quadratic.make(1.7), sg.Isotropic.make(sigma2), lr=0.9, batch_size=2)
         sg.measure_exit_times(jax.random.key(1), sg.EulerMaruyama.make(sde, 0.01),
