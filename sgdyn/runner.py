@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 from . import _checks
 from .ensemble import PAD, RUNNING, ExitRecord, _Queue, _Walk, advance_exits, exit_record, \
-    max_steps
+    max_steps, padded
 
 AXIS = "particles"
 SHRINK = 8  # pack the stragglers once at most 1/SHRINK of the slots run
@@ -85,12 +85,13 @@ def _advance_fn(mesh, correction, ticks_per_block: int, divergence_bound: float,
 
 
 def pack_sizes(slots: int, min_bucket: int, most: int | None = None) -> tuple[int, ...]:
-    """The array sizes the stragglers are packed into, each 1/SHRINK of the one before and
-    none below ``min_bucket``, at most ``most`` of them: (2048,) for 16384 slots and the
-    default floor. A size that would not halve the array is left out: its loop would cost a
-    compilation and save little."""
+    """The array sizes the stragglers are packed into, each 1/SHRINK of the one before (a
+    multiple of 32: see ``ensemble.ALIGN``) and none below ``min_bucket``, at most ``most``
+    of them: (2048,) for 16384 slots and the default floor. A size that would not halve the
+    array is left out: its loop would cost a compilation and save little."""
     sizes = []
-    while (smaller := max(slots // SHRINK, min_bucket)) <= slots // 2 and len(sizes) != most:
+    while ((smaller := padded(max(slots // SHRINK, min_bucket), 32)) <= slots // 2
+           and len(sizes) != most):
         sizes.append(smaller)
         slots = smaller
     return tuple(sizes)
@@ -135,7 +136,7 @@ def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction
     n_dev = lay.n_dev
     n_slots = (n_slots or default_slots()) if pack else n
     per_queue = -(-n // n_dev)  # particle ids each device's queue covers
-    per_dev = min(per_queue, -(-n_slots // n_dev))  # slots per device
+    per_dev = padded(min(per_queue, -(-n_slots // n_dev)))  # slots per device (ALIGN)
     # on an accelerator a step over fewer slots costs no less (it is bound by launches, not
     # arithmetic): there the stragglers are packed once, as every extra size costs a compile
     most = None if jax.default_backend() == "cpu" else 1

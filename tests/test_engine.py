@@ -376,7 +376,6 @@ def test_censored_runs_end_at_t_max_as_the_kernel_counts_it():
 
 def test_same_key_same_result_and_chunking_changes_nothing():
     # n_slots=256: each slot is refilled ~12 times, then the stragglers are packed into 32
-    # slots and then 16 (three loops)
     a, b, c = _small_run(), _small_run(), _small_run(chunk_size=700)
     d = _small_run(n_slots=256, min_bucket=16)
     for f in ("time", "escaped", "censored"):
@@ -386,14 +385,31 @@ def test_same_key_same_result_and_chunking_changes_nothing():
     assert a.estimate.n_censored > 0  # t_max = 2 censors some: the censored path is covered too
 
 
+def test_padding_to_a_multiple_of_64_changes_no_particle():
+    """The kernels pad their particle arrays (ensemble.ALIGN: odd counts run 5-8x slower on a
+    CPU); the padding must be invisible: n particles give the first n of a larger run."""
+    dyn = sg.EulerMaruyama.make(OU, 0.01)
+    region, x0 = sg.Interval.make(-R, R), jnp.zeros(1)
+    few = sg.simulate_exits(jax.random.key(3), dyn, region, x0, 5, 2.0)
+    many = sg.simulate_exits(jax.random.key(3), dyn, region, x0, 70, 2.0)
+    assert np.asarray(few.time).shape == (5,)
+    for f in ("time", "escaped", "censored", "diverged"):
+        np.testing.assert_array_equal(np.asarray(getattr(few, f)),
+                                      np.asarray(getattr(many, f))[:5])
+    xs, div = sg.sample_stationary(jax.random.key(3), dyn, [0.0], 3, 40, 2, 5)
+    xl, _ = sg.sample_stationary(jax.random.key(3), dyn, [0.0], 67, 40, 2, 5)
+    assert xs.shape == (2, 3, 1) and div.shape == (3,)
+    np.testing.assert_array_equal(xs, xl[:, :3])
+
+
 def test_stragglers_are_packed_in_steps_of_eight_down_to_the_floor():
     from sgdyn import runner
 
     assert runner.pack_sizes(16384, 2048) == (2048,)
     assert runner.pack_sizes(16384, 32) == (2048, 256, 32)
     assert runner.pack_sizes(2000, 256) == (256,) and runner.pack_sizes(2000, 2048) == ()
-    assert runner.pack_sizes(300, 16) == (37, 16)
-    assert runner.pack_sizes(300, 32) == (37,) and runner.pack_sizes(300, 256) == ()  # < 1/2
+    assert runner.pack_sizes(300, 16) == (64, 32)  # multiples of 32
+    assert runner.pack_sizes(3008, 2048) == () and runner.pack_sizes(300, 256) == ()  # < 1/2
     assert runner.pack_sizes(2**20, 2048, most=1) == (2**17,)  # accelerators: packed once
     if jax.default_backend() == "cpu":  # long runs pack further on a CPU, short ones do not
         floors = [runner.default_min_bucket(n) for n in (2**17 - 1, 2**17, 2**21 - 1, 2**21)]
@@ -461,7 +477,8 @@ def test_no_recompilation_for_new_parameter_values():
 
     _small_run()
     # the compiled function a 3000-particle run uses (its pack sizes, as run_exits computes them)
-    advance = runner._advance_fn(None, None, 32, 1e8, runner.pack_sizes(3000, runner.MIN_BUCKET))
+    sizes = runner.pack_sizes(sg.ensemble.padded(3000), runner.MIN_BUCKET)
+    advance = runner._advance_fn(None, None, 32, 1e8, sizes)
     before = advance._cache_size()
     assert before >= 1  # the run above compiled this very function
     for sigma2 in (0.5, 0.8, 1.3):
