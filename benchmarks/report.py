@@ -159,8 +159,8 @@ def table(res):
             lines += [f"  (one seed's bare step: {t['us_per_seed_step_bare_sgd_1_seed']:.0f} us, "
                       f"so vmap makes the bare step itself x{t['bare_sgd_vmap_gain']:.2f} faster)"]
         if "layer_gflops_stacked" in t:
-            b, k, h = t["layer_shape"]
-            lines += [f"  first layer's products ({b}x{k} by {k}x{h}): "
+            rows, fan_in, fan_out = t["layer_shape"]
+            lines += [f"  first layer's products ({rows}x{fan_in} by {fan_in}x{fan_out}): "
                       f"{t['layer_gflops_1_seed']:.1f} GFLOP/s for one seed, "
                       f"{t['layer_gflops_stacked']:.1f} stacked for {t['seeds']} seeds"]
     lines += ["", "Targets (ratios in this run):"]

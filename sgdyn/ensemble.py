@@ -222,16 +222,16 @@ def _settle(w: _Walk, x, running, steps_per_tick: int, ticks: int) -> _Walk:
 
 
 def advance_exits(key, dynamic, region, walk: _Walk, max_steps, *, queue: _Queue | None = None,
-                  x0=None, pack_into: int | tuple[int, ...] | None = None, correction=None,
+                  x0=None, pack_into: tuple[int, ...] = (), correction=None,
                   ticks_per_block: int = 32, divergence_bound=1e8) -> tuple[_Walk, _Queue | None]:
     """Step the slots of ``walk`` until no particle is running (a particle still inside after
     ``max_steps`` steps stops there: censored).
 
     With a ``queue``, after every block of ``ticks_per_block`` ticks each finished slot hands
     its outcome to the queue and takes the next waiting particle (started at ``x0``), so the
-    array stays full until the queue is empty. With ``pack_into`` (a static slot count, or a
-    decreasing tuple of them), once the queue is empty and at most that many particles still
-    run, they are packed into an array of ``pack_into`` slots (the walk returned) and go on
+    array stays full until the queue is empty. With ``pack_into`` (a decreasing tuple of
+    static slot counts), once the queue is empty and at most ``pack_into[0]`` particles still
+    run, they are packed into an array of that many slots (the walk returned) and go on
     there, and so on down the tuple: the stragglers cost what they need, in the same compiled
     program (one loop per array size). A particle's noise and exit step depend only on its id
     and age, never on its slot.
@@ -286,12 +286,10 @@ def advance_exits(key, dynamic, region, walk: _Walk, max_steps, *, queue: _Queue
             return (n_live > 0) & ((q.next < q.end) | (n_live > stop_below))
         return keep_going
 
-    sizes = () if queue is None or pack_into is None else (
-        (pack_into,) if isinstance(pack_into, int) else tuple(pack_into))
     # one loop per array size in one program: the full array while the queue lasts and more
-    # than sizes[0] particles run, then the packed stragglers alone (the same steps on a
+    # than pack_into[0] particles run, then the packed stragglers alone (the same steps on a
     # smaller array), and so on
-    for size in sizes:
+    for size in pack_into if queue is not None else ():
         if size >= walk.ids.shape[0]:
             continue  # no smaller than the array in hand: nothing to pack
         walk, queue = jax.lax.while_loop(running_above(size), block, (walk, queue))

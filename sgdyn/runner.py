@@ -85,10 +85,11 @@ def _advance_fn(mesh, correction, ticks_per_block: int, divergence_bound: float,
 
 
 def pack_sizes(slots: int, min_bucket: int, most: int | None = None) -> tuple[int, ...]:
-    """The array sizes the stragglers are packed into, each 1/SHRINK of the one before (a
-    multiple of 32: see ``ensemble.ALIGN``) and none below ``min_bucket``, at most ``most``
-    of them: (2048,) for 16384 slots and the default floor. A size that would not halve the
-    array is left out: its loop would cost a compilation and save little."""
+    """The array sizes the stragglers are packed into, each 1/SHRINK of the one before
+    (rounded up to a multiple of 32, as awkward sizes run slowly: see ``ensemble.ALIGN``) and
+    none below ``min_bucket``, at most ``most`` of them: (2048,) for 16384 slots and the
+    default floor. A size that would not halve the array is left out: its loop would cost a
+    compilation and save little."""
     sizes = []
     while ((smaller := padded(max(slots // SHRINK, min_bucket), 32)) <= slots // 2
            and len(sizes) != most):
@@ -140,7 +141,7 @@ def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction
     # on an accelerator a step over fewer slots costs no less (it is bound by launches, not
     # arithmetic): there the stragglers are packed once, as every extra size costs a compile
     most = None if jax.default_backend() == "cpu" else 1
-    pack_into = pack_sizes(per_dev, min_bucket, most) if pack else None
+    pack_into = pack_sizes(per_dev, min_bucket, most) if pack else ()
     lo = first + np.arange(n_dev, dtype=np.int64) * per_queue
     hi = np.maximum(np.minimum(lo + per_queue, first + n), lo)
     ids = lo[:, None] + np.arange(per_dev)[None, :]
