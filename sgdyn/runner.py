@@ -71,7 +71,7 @@ def _advance_fn(mesh, correction, ticks_per_block: int, divergence_bound: float,
     def local(key, dynamic, region, x0, n_steps, walk, q_next, q_end, q_first, out_status,
               out_step):
         queue = _Queue(q_next[0], q_end[0], q_first[0], out_status, out_step)
-        _, queue = advance_exits(key, dynamic, region, walk, n_steps, queue=queue, x0=x0,
+        _, queue = advance_exits(key, dynamic, region, walk, n_steps, queue, x0=x0,
                                  pack_into=pack_into, correction=correction,
                                  ticks_per_block=ticks_per_block,
                                  divergence_bound=divergence_bound)
@@ -149,7 +149,7 @@ def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction
     size = n_dev * per_dev
     walk = _Walk(lay.put(np.broadcast_to(np.asarray(x0, dtype), (size, dynamic.dim))),
                  lay.put(np.where(filled, RUNNING, PAD).astype(np.int8)),
-                 lay.put(np.zeros(size, np.int32)), lay.put(np.zeros(size, np.int32)),
+                 lay.put(np.zeros(size, np.int32)),
                  lay.put(np.where(filled, ids.ravel(), first).astype(np.uint32)))
     q_next = lay.put(np.minimum(lo + per_dev, hi).astype(np.uint32))
     q_end, q_first = lay.put(hi.astype(np.uint32)), lay.put(lo.astype(np.uint32))

@@ -385,6 +385,19 @@ def test_same_key_same_result_and_chunking_changes_nothing():
     assert a.estimate.n_censored > 0  # t_max = 2 censors some: the censored path is covered too
 
 
+def test_both_prefix_counts_match_numpy():
+    # the engine counts with a scan on a CPU and with cumsum elsewhere: check both here
+    from sgdyn import ensemble
+
+    rng = np.random.default_rng(0)
+    for mask in (rng.random(4096) < 0.3, np.zeros(64, bool), np.ones(64, bool), np.ones(1, bool)):
+        expect = np.cumsum(mask) - mask
+        for count in (ensemble._count_sequential, ensemble._count_parallel):
+            before, total = jax.jit(count)(jnp.asarray(mask, jnp.int32))
+            np.testing.assert_array_equal(before, expect)
+            assert int(total) == mask.sum()
+
+
 def test_padding_to_a_multiple_of_64_changes_no_particle():
     """The kernels pad their particle arrays (ensemble.ALIGN: odd counts run 5-8x slower on a
     CPU); the padding must be invisible: n particles give the first n of a larger run."""
@@ -441,9 +454,9 @@ def test_a_particle_the_engine_loses_raises_instead_of_reading_censored(monkeypa
 
     real = ensemble._pack
 
-    def lossy(walk, live, size):  # packing that drops the first straggler
-        head = real(walk, live, size)
-        return head._replace(status=head.status.at[0].set(ensemble.PAD))
+    def lossy(walk, size):  # packing that drops the first straggler
+        head, n_live = real(walk, size)
+        return head._replace(status=head.status.at[0].set(ensemble.PAD)), n_live
 
     monkeypatch.setattr(ensemble, "_pack", lossy)
     runner._advance_fn.cache_clear()  # retrace with the lossy packing
