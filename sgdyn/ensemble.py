@@ -135,9 +135,11 @@ def init_walk(dynamic, x0, ids, n_slots: int | None = None) -> _Walk:
 
 
 def empty_queue(first, n: int) -> _Queue:
-    """A queue with no particle waiting, for the outcomes of particles first .. first + n - 1."""
+    """A queue for particles first .. first + n - 1, all of them already in slots (none
+    waiting), and their outcomes."""
     first = jnp.asarray(first, jnp.uint32)
-    return _Queue(first, first, first, jnp.full(n, PAD, jnp.int8), jnp.zeros(n, jnp.int32))
+    end = first + jnp.uint32(n)
+    return _Queue(end, end, first, jnp.full(n, PAD, jnp.int8), jnp.zeros(n, jnp.int32))
 
 
 def max_steps(dt, t_max, xp=jnp):
@@ -254,7 +256,8 @@ def advance_exits(key, dynamic, region, walk: _Walk, max_steps, queue: _Queue, *
                   divergence_bound=1e8) -> tuple[_Walk, _Queue]:
     """Step the slots of ``walk`` until no particle runs (a particle still inside after
     ``max_steps`` steps stops there: censored); every particle that stops hands its outcome
-    to ``queue``.
+    to ``queue``. At the start particles ``queue.first`` .. ``queue.next`` - 1 are in the
+    slots, at age 0, and the other slots are empty.
 
     After every block of ``ticks_per_block`` ticks each finished slot takes the next particle
     waiting in the queue (started at ``x0``; None if nobody waits), so the array stays full
@@ -272,7 +275,7 @@ def advance_exits(key, dynamic, region, walk: _Walk, max_steps, queue: _Queue, *
         running = w.status == RUNNING
         # finished and empty slots are NaN: they take no part (see _outcome_nan); a running
         # particle is NaN here only if it started so (x0 NaN): it diverges at its first step
-        started_nan = _outcome_nan(jnp.ones_like(w.age), w.x.dtype)[:, None]
+        started_nan = _outcome_nan(jnp.int32(1), w.x.dtype)
         x = jnp.where(running[:, None], jnp.where(jnp.isnan(w.x), started_nan, w.x), jnp.nan)
 
         def body(carry, _):
@@ -311,7 +314,7 @@ def advance_exits(key, dynamic, region, walk: _Walk, max_steps, queue: _Queue, *
     # one loop per array size in one program: the full array while the queue lasts and more
     # than pack_into[0] particles run, then the packed stragglers alone (the same steps on a
     # smaller array; nobody waits any more, so no refill), and so on
-    n_running = jnp.sum(walk.status == RUNNING)
+    n_running = (queue.next - queue.first).astype(jnp.int32)  # all in slots, none finished
     refill = x0 is not None
     for size in pack_into:
         if size >= walk.ids.shape[0]:
