@@ -236,7 +236,9 @@ def _hand_over(walk: _Walk, queue: _Queue, n_running, x, steps_per_tick: int, ti
     queue = queue._replace(status=queue.status.at[slot].set(status.astype(jnp.int8), mode="drop"),
                            exit_step=queue.exit_step.at[slot].set(exit_step, mode="drop"))
     if not refill:  # nobody waits: a finished particle's slot is left empty
-        still = running & ~done  # counted anew (not n_running - done) after every packing
+        # counted from the slots, not carried: a packing that lost a particle ends the loop
+        # (and the runner reports the missing outcome) instead of looping forever
+        still = running & ~done
         return (walk._replace(x=x, status=jnp.where(still, RUNNING, PAD).astype(jnp.int8),
                               age=age), queue, jnp.sum(still))
     before, n_done = _count_before(done)
@@ -261,11 +263,12 @@ def advance_exits(key, dynamic, region, walk: _Walk, max_steps, queue: _Queue, *
 
     After every block of ``ticks_per_block`` ticks each finished slot takes the next particle
     waiting in the queue (started at ``x0``; None if nobody waits), so the array stays full
-    until the queue is empty. With ``pack_into`` (a decreasing tuple of static slot counts), once the queue is
-    empty and at most ``pack_into[0]`` particles still run, they are packed into an array of
-    that many slots (the walk returned) and go on there, and so on down the tuple: the
-    stragglers cost what they need, in the same compiled program (one loop per array size). A
-    particle's noise and exit step depend only on its id and age, never on its slot.
+    until the queue is empty. With ``pack_into`` (a decreasing tuple of static slot counts),
+    once the queue is empty and at most ``pack_into[0]`` particles still run, they are packed
+    into an array of that many slots (the walk returned) and go on there, and so on down the
+    tuple: the stragglers cost what they need, in the same compiled program (one loop per
+    array size). A particle's noise and exit step depend only on its id and age, never on its
+    slot.
     """
     spec = exit_spec(dynamic, correction)
     steps_per_tick = rng.plan(spec)[0]

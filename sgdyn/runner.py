@@ -102,7 +102,7 @@ def default_min_bucket(n_steps: int) -> int:
     """The packing floor when none is given, from the run's step limit ``n_steps``.
 
     On a CPU a step costs about in proportion to the slots stepped (2048 slots cost 5-7x what
-    256 do), and every array size is one more loop to compile (~0.5 s). A long run's last
+    256 do), and every array size is one more loop to compile (~0.4 s). A long run's last
     particles take ln(S) + 0.58 mean exit times to leave, so there it pays to pack them down
     to 256 slots (t_max of 2^17 steps or more) or 32 (2^21); short runs keep MIN_BUCKET.
     On an accelerator a step over fewer slots costs no less: MIN_BUCKET throughout.
