@@ -254,12 +254,18 @@ def _hand_over(walk: _Walk, queue: _Queue, n_running, x, steps_per_tick: int, ti
 
 
 def advance_exits(key, dynamic, region, walk: _Walk, max_steps, queue: _Queue, *, x0=None,
-                  pack_into: tuple[int, ...] = (), correction=None, ticks_per_block: int = 32,
+                  pack_into: tuple[int, ...] = (), n_running=None, max_blocks=None,
+                  correction=None, ticks_per_block: int = 32,
                   divergence_bound=1e8) -> tuple[_Walk, _Queue]:
     """Step the slots of ``walk`` until no particle runs (a particle still inside after
     ``max_steps`` steps stops there: censored); every particle that stops hands its outcome
-    to ``queue``. At the start particles ``queue.first`` .. ``queue.next`` - 1 are in the
-    slots, at age 0, and the other slots are empty.
+    to ``queue``. ``n_running``: how many slots hold a running particle (None: all particles
+    taken from the queue, ``queue.first`` .. ``queue.next`` - 1, are in slots and none has
+    finished, as at a fresh start); the other slots are empty.
+
+    ``max_blocks`` (no packing only): stop after that many blocks even if particles still
+    run, and return the walk and queue as they stand; advancing them again continues the
+    run exactly where it stopped (``sgdyn.runner`` moves a long run to a bigger array so).
 
     After every block of ``ticks_per_block`` ticks each finished slot takes the next particle
     waiting in the queue (started at ``x0``; None if nobody waits), so the array stays full
@@ -301,23 +307,31 @@ def advance_exits(key, dynamic, region, walk: _Walk, max_steps, queue: _Queue, *
         return jax.lax.scan(body, (x, jnp.int32(0)), None, length=ticks_per_block)[0][0]
 
     def loop(walk, queue, n_running, stop_below: int, refill: bool):
-        """Blocks until no slot runs, or the queue is empty and at most stop_below run."""
+        """Blocks until no slot runs, or the queue is empty and at most stop_below run (or
+        max_blocks have run)."""
 
         def block(state):
-            w, q, n = state
-            return _hand_over(w, q, n, ticks(w), steps_per_tick, ticks_per_block, max_steps,
-                              x0, refill)
+            w, q, n, *count = state
+            return (*_hand_over(w, q, n, ticks(w), steps_per_tick, ticks_per_block, max_steps,
+                                x0, refill), *(c + 1 for c in count))
 
         def keep_going(state):
-            _, q, n = state
-            return (n > 0) & ((q.next < q.end) | (n > stop_below))
+            _, q, n, *count = state
+            go = (n > 0) & ((q.next < q.end) | (n > stop_below))
+            return go & (count[0] < max_blocks) if count else go
 
-        return jax.lax.while_loop(keep_going, block, (walk, queue, n_running))
+        count = () if max_blocks is None else (jnp.int32(0),)
+        return jax.lax.while_loop(keep_going, block, (walk, queue, n_running, *count))[:3]
 
     # one loop per array size in one program: the full array while the queue lasts and more
     # than pack_into[0] particles run, then the packed stragglers alone (the same steps on a
     # smaller array; nobody waits any more, so no refill), and so on
-    n_running = (queue.next - queue.first).astype(jnp.int32)  # all in slots, none finished
+    if max_blocks is not None and pack_into:
+        raise ValueError("max_blocks needs pack_into=(): a loop cut short may hold more "
+                         "particles than the array they would be packed into")
+    if n_running is None:
+        n_running = queue.next - queue.first  # all in slots, none finished
+    n_running = jnp.asarray(n_running).astype(jnp.int32)
     refill = x0 is not None
     for size in pack_into:
         if size >= walk.ids.shape[0]:

@@ -75,9 +75,9 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
     CPU into ever smaller arrays of no fewer than ``min_bucket`` slots, by default 2048, or
     256 / 32 for runs of 2^17 / 2^21 steps and more; on an accelerator once);
     the record is identical for every chunk size, slot count and device count.
-    For a one-off estimate on a CPU, where compilation is most of the wait, ``n_slots=2048``
-    compiles one loop instead of two (about 0.4 s less) at about 1.1x the cost of a compiled
-    run (README, How fast).
+    On a CPU a run starts in one loop over 2048 slots, which compiles in about half the
+    time, and moves to the full array only once it proves long (``sgdyn.runner``, first tier;
+    not when ``n_slots`` is given).
     With ``checkpoint`` (a folder or ``sgdyn.checkpoint.Checkpoint``) every finished chunk is
     saved, and a re-run with the same arguments resumes from the chunks already done.
     """

@@ -9,8 +9,16 @@ So once the queue is empty and at most S / ``SHRINK`` (and at least ``min_bucket
 particles still run, the loop packs them into an array of that many slots and goes on there,
 and on a CPU again at 1/SHRINK of that, down to ``min_bucket`` (``pack_sizes``): one while
 loop per array size in one compiled program, and the whole run is one call (one compilation per
-dynamic and shape, no round trips to the host). Particles keep their ids and ages, so none of
+dynamic and shape, no round trips to the host; on a CPU two calls at most, see below). Particles keep their ids and ages, so none of
 this changes a number.
+
+On a CPU a short run's wait is mostly compilation, and the program with a packed loop
+compiles about twice what one loop does. So a run that would pack starts in a first tier:
+one loop over ``FIRST_TIER_SLOTS`` slots, stopped after ``FIRST_TIER_WORK`` particle-steps
+(about a second here). A run that finishes there is done; one that has only stragglers left
+finishes there too; a longer one moves its slots and queue into the full array and goes on
+with the full program (compiled then; later runs of the same shape start there). Particles
+keep their ids and ages, so the record is the same whichever way it went.
 
 With a device mesh (``sgdyn.sharding``) every device runs its own queue (a contiguous range of
 particle ids) and its own slots in its own while loop, and packs its own stragglers.
@@ -19,6 +27,7 @@ particle ids) and its own slots in its own while loop, and packs its own straggl
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,11 +37,15 @@ from jax.sharding import PartitionSpec as P
 
 from . import _checks
 from .ensemble import PAD, RUNNING, ExitRecord, _Queue, _Walk, advance_exits, exit_record, \
-    max_steps, padded
+    exit_spec, max_steps, padded
+from .rng import plan
 
 AXIS = "particles"
 SHRINK = 8  # pack the stragglers once at most 1/SHRINK of the slots run
 MIN_BUCKET = 2048  # but into no fewer slots than this (long CPU runs: default_min_bucket)
+FIRST_TIER_SLOTS = 2048  # a CPU run starts in one loop over this many slots (module doc)
+FIRST_TIER_WORK = 2**29  # particle-steps it may take there before moving to the full array
+_OUTGREW_FIRST_TIER: set = set()  # runs whose full program this process has compiled
 
 
 def default_slots() -> int:
@@ -63,25 +76,40 @@ class _Layout:
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-@functools.lru_cache(maxsize=64)
-def _advance_fn(mesh, correction, ticks_per_block: int, divergence_bound: float, pack_into):
-    """jit(advance_exits) with a queue; over a mesh, one loop per device (shard_map). Returns
-    the outcome arrays of the queue, indexed by particle id - first."""
+class _State(NamedTuple):
+    """A run between calls, on the devices: the slots and each device's queue (one entry per
+    device). The outcomes travel apart, as (status, exit step) indexed by particle id - first:
+    they are the big arrays, handed over (donated) from call to call."""
 
-    def local(key, dynamic, region, x0, n_steps, walk, q_next, q_end, q_first, out_status,
-              out_step):
-        queue = _Queue(q_next[0], q_end[0], q_first[0], out_status, out_step)
-        _, queue = advance_exits(key, dynamic, region, walk, n_steps, queue, x0=x0,
-                                 pack_into=pack_into, correction=correction,
-                                 ticks_per_block=ticks_per_block,
-                                 divergence_bound=divergence_bound)
-        return queue.status, queue.exit_step
+    walk: _Walk
+    q_next: jax.Array
+    q_end: jax.Array
+    q_first: jax.Array
+    n_running: jax.Array  # (n_dev,) int32: slots holding a running particle
+
+
+@functools.lru_cache(maxsize=64)
+def _advance_fn(mesh, correction, ticks_per_block: int, divergence_bound: float, pack_into,
+                budgeted: bool = False):
+    """jit(advance_exits) on a ``_State``: (key, dynamic, region, x0, n_steps, state,
+    outcomes[, max_blocks]) -> ((walk, q_next), outcomes) after it; over a mesh, one loop per
+    device (shard_map). ``budgeted`` (one device, no packing): stop after max_blocks blocks."""
+
+    def local(key, dynamic, region, x0, n_steps, state, outcomes, *max_blocks):
+        queue = _Queue(state.q_next[0], state.q_end[0], state.q_first[0], *outcomes)
+        walk, queue = advance_exits(key, dynamic, region, state.walk, n_steps, queue, x0=x0,
+                                    pack_into=pack_into, n_running=state.n_running[0],
+                                    max_blocks=max_blocks[0] if budgeted else None,
+                                    correction=correction, ticks_per_block=ticks_per_block,
+                                    divergence_bound=divergence_bound)
+        return (walk, queue.next[None]), (queue.status, queue.exit_step)
 
     if mesh is not None:
+        assert not budgeted
         split, same = P(AXIS), P()
-        local = jax.shard_map(local, mesh=mesh, in_specs=(same,) * 5 + (split,) * 6,
-                              out_specs=(split,) * 2, check_vma=False)
-    return jax.jit(local, donate_argnums=(9, 10))
+        local = jax.shard_map(local, mesh=mesh, in_specs=(same,) * 5 + (split, split),
+                              out_specs=split, check_vma=False)
+    return jax.jit(local, donate_argnums=(6,))
 
 
 def pack_sizes(slots: int, min_bucket: int, most: int | None = None) -> tuple[int, ...]:
@@ -120,6 +148,47 @@ def check_options(n_slots, min_bucket) -> None:
         _checks.positive_int("n_slots", n_slots)
 
 
+def _fresh_state(lay: _Layout, x0, first: int, n: int, per_dev: int):
+    """(state, outcomes) of particles first .. first + n - 1 split into one queue per device,
+    each device's first per_dev particles in its slots at x0 (shape (d,), the engine's float
+    type), no outcome yet."""
+    n_dev = lay.n_dev
+    per_queue = -(-n // n_dev)  # particle ids each device's queue covers
+    lo = first + np.arange(n_dev, dtype=np.int64) * per_queue
+    hi = np.maximum(np.minimum(lo + per_queue, first + n), lo)
+    ids = lo[:, None] + np.arange(per_dev)[None, :]
+    filled = (ids < hi[:, None]).ravel()
+    size = n_dev * per_dev
+    walk = _Walk(lay.put(np.broadcast_to(x0, (size, x0.shape[0]))),
+                 lay.put(np.where(filled, RUNNING, PAD).astype(np.int8)),
+                 lay.put(np.zeros(size, np.int32)),
+                 lay.put(np.where(filled, ids.ravel(), first).astype(np.uint32)))
+    q_next = np.minimum(lo + per_dev, hi)
+    state = _State(walk, lay.put(q_next.astype(np.uint32)), lay.put(hi.astype(np.uint32)),
+                   lay.put(lo.astype(np.uint32)), lay.put((q_next - lo).astype(np.int32)))
+    return state, (lay.put(np.full(n_dev * per_queue, PAD, np.int8)),  # PAD: no outcome yet
+                   lay.put(np.zeros(n_dev * per_queue, np.int32)))
+
+
+def _widen(state: _State, x0, size: int) -> _State:
+    """The run of ``state`` (one device) in ``size`` slots: its slots first, then the next
+    particles waiting in the queue, at x0 and age 0."""
+    walk = jax.device_get(state.walk)
+    q_next, q_end = int(state.q_next[0]), int(state.q_end[0])
+    old = walk.ids.shape[0]
+    take = min(size - old, q_end - q_next)
+    ids = np.zeros(size, np.uint32)
+    ids[:old], ids[old:old + take] = walk.ids, q_next + np.arange(take)
+    status = np.full(size, PAD, np.int8)
+    status[:old], status[old:old + take] = walk.status, RUNNING
+    wide = _Walk(np.concatenate([walk.x, np.broadcast_to(x0, (size - old, x0.shape[0]))]),
+                 status, np.concatenate([walk.age, np.zeros(size - old, np.int32)]), ids)
+    running = np.sum(walk.status == RUNNING) + take
+    return state._replace(walk=jax.device_put(wide),
+                          q_next=jax.device_put(np.array([q_next + take], np.uint32)),
+                          n_running=jax.device_put(np.array([running], np.int32)))
+
+
 def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction=None,
               mesh: Mesh | None = None, n_slots: int | None = None,
               ticks_per_block: int = 32, min_bucket: int | None = None, divergence_bound=1e8,
@@ -129,40 +198,47 @@ def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction
     ``min_bucket`` None: ``default_min_bucket``."""
     check_options(n_slots, min_bucket)
     dtype = jnp.zeros(()).dtype
+    x0 = np.asarray(x0, dtype)
     # the step count is computed once, here, and handed to the kernel as an integer
     n_steps = int(max_steps(np.asarray(dynamic.dt), np.asarray(t_max, dtype), xp=np))
     if min_bucket is None:
         min_bucket = default_min_bucket(n_steps)
     lay = _Layout(mesh)
     n_dev = lay.n_dev
-    n_slots = (n_slots or default_slots()) if pack else n
-    per_queue = -(-n // n_dev)  # particle ids each device's queue covers
-    per_dev = padded(min(per_queue, -(-n_slots // n_dev)))  # slots per device (ALIGN)
+    slots = (n_slots or default_slots()) if pack else n
+    per_dev = padded(min(-(-n // n_dev), -(-slots // n_dev)))  # slots per device (ALIGN)
+    on_cpu = jax.default_backend() == "cpu"
     # on an accelerator a step over fewer slots costs no less (it is bound by launches, not
     # arithmetic): there the stragglers are packed once, as every extra size costs a compile
-    most = None if jax.default_backend() == "cpu" else 1
-    pack_into = pack_sizes(per_dev, min_bucket, most) if pack else ()
-    lo = first + np.arange(n_dev, dtype=np.int64) * per_queue
-    hi = np.maximum(np.minimum(lo + per_queue, first + n), lo)
-    ids = lo[:, None] + np.arange(per_dev)[None, :]
-    filled = (ids < hi[:, None]).ravel()
-    size = n_dev * per_dev
-    walk = _Walk(lay.put(np.broadcast_to(np.asarray(x0, dtype), (size, dynamic.dim))),
-                 lay.put(np.where(filled, RUNNING, PAD).astype(np.int8)),
-                 lay.put(np.zeros(size, np.int32)),
-                 lay.put(np.where(filled, ids.ravel(), first).astype(np.uint32)))
-    q_next = lay.put(np.minimum(lo + per_dev, hi).astype(np.uint32))
-    q_end, q_first = lay.put(hi.astype(np.uint32)), lay.put(lo.astype(np.uint32))
-    out_status = lay.put(np.full(n_dev * per_queue, PAD, np.int8))  # PAD: no outcome yet
-    out_step = lay.put(np.zeros(n_dev * per_queue, np.int32))
+    pack_into = pack_sizes(per_dev, min_bucket, None if on_cpu else 1) if pack else ()
+    options = (correction, int(ticks_per_block), float(divergence_bound))
+    advance = _advance_fn(mesh, *options, pack_into)
+    args = (key, dynamic, region, x0, np.int32(n_steps))
 
-    advance = _advance_fn(mesh, correction, int(ticks_per_block), float(divergence_bound),
-                          pack_into)
-    status, exit_step = advance(key, dynamic, region, np.asarray(x0, dtype), np.int32(n_steps),
-                                walk, q_next, q_end, q_first, out_status, out_step)
-    status = lay.get(status)[:n]
+    small = padded(min(n, FIRST_TIER_SLOTS))
+    # the full program's compiled shape, as jit's cache tells it apart
+    shape = (options, pack_into, per_dev, x0.shape, jax.tree.structure((dynamic, region)))
+    if (on_cpu and mesh is None and n_slots is None and pack_into
+            and not pack_sizes(small, min_bucket) and shape not in _OUTGREW_FIRST_TIER):
+        # the first tier (module doc): one loop, about half the compilation
+        first_tier = _advance_fn(None, *options, (), budgeted=True)
+        per_block = small * ticks_per_block * plan(exit_spec(dynamic, correction))[0]
+        state, outcomes = _fresh_state(lay, x0, first, n, small)
+        (walk, q_next), outcomes = first_tier(*args, state, outcomes,
+                                              np.int32(max(1, FIRST_TIER_WORK // per_block)))
+        state = state._replace(walk=walk, q_next=q_next)
+        running = int(np.sum(np.asarray(walk.status) == RUNNING))
+        if running and int(q_next[0]) == int(state.q_end[0]):  # stragglers only: finish here
+            state = state._replace(n_running=jax.device_put(np.array([running], np.int32)))
+            _, outcomes = first_tier(*args, state, outcomes, np.int32(np.iinfo(np.int32).max))
+        elif running:  # a long run: it pays to compile the full array's program
+            _OUTGREW_FIRST_TIER.add(shape)  # compiled now: later runs start there
+            _, outcomes = advance(*args, _widen(state, x0, per_dev), outcomes)
+    else:
+        _, outcomes = advance(*args, *_fresh_state(lay, x0, first, n, per_dev))
+    status = lay.get(outcomes[0])[:n]
     if np.any(status == PAD):  # every particle hands its outcome over; never silently censored
         raise RuntimeError(f"the exit engine returned no outcome for {np.sum(status == PAD)} of "
                            f"{n} particles (a bug in sgdyn: please report it)")
-    record = exit_record(dynamic, status, lay.get(exit_step)[:n], n_steps, xp=np)
+    record = exit_record(dynamic, status, lay.get(outcomes[1])[:n], n_steps, xp=np)
     return record._replace(t_max=float(record.t_max))

@@ -449,6 +449,56 @@ def test_a_long_run_packed_to_its_default_floor_gives_the_same_record(monkeypatc
         assert np.array_equal(getattr(auto.record, f), getattr(one_loop.record, f))
 
 
+@pytest.mark.parametrize("work, path", [(2**40, "first tier"), (2**18, "full array"),
+                                        (2**16, "full array, remembered")])
+def test_first_tier_gives_the_record_of_the_full_array(monkeypatch, work, path):
+    """A run that would pack starts in one loop over FIRST_TIER_SLOTS slots; stopped at its
+    budget with particles waiting it moves into the full array. Either way each particle's
+    exit step is the one the full array alone gives, bit for bit."""
+    from sgdyn import runner
+
+    dyn = sg.EulerMaruyama.make(OU, 0.01)
+    args = (jax.random.key(5), dyn, sg.Interval.make(-R, R), [0.0], 6000, 2.0)
+    full = sg.measure_exit_times(*args, n_slots=runner.default_slots())  # no tiers: n_slots set
+    monkeypatch.setattr(runner, "FIRST_TIER_WORK", work)
+    monkeypatch.setattr(runner, "_OUTGREW_FIRST_TIER", set())
+    widened = []
+    real = runner._widen
+    monkeypatch.setattr(runner, "_widen", lambda *a: widened.append(1) or real(*a))
+    if path == "full array, remembered":  # the same shape went to the full array before
+        sg.measure_exit_times(*args)
+        widened.clear()
+    tiered = sg.measure_exit_times(*args)
+    assert widened == ([1] if path == "full array" else [])
+    assert len(runner._OUTGREW_FIRST_TIER) == (0 if path == "first tier" else 1)
+    for f in ("time", "escaped", "censored", "diverged"):
+        assert np.array_equal(getattr(tiered.record, f), getattr(full.record, f))
+
+
+def test_a_budgeted_loop_cut_short_continues_where_it_stopped():
+    from sgdyn import ensemble, runner
+
+    dyn = sg.EulerMaruyama.make(OU, 0.01)
+    region, x0 = sg.Interval.make(-R, R), np.zeros(1, np.float32)
+    fn = runner._advance_fn(None, None, 32, 1e8, (), budgeted=True)
+    args = (jax.random.key(9), dyn, region, x0, np.int32(200))
+    _, whole = fn(*args, *runner._fresh_state(runner._Layout(None), x0, 0, 700, 256),
+                  np.int32(10**6))
+    state, out = runner._fresh_state(runner._Layout(None), x0, 0, 700, 256)
+    for blocks in range(1, 100):  # one block at a time
+        (walk, q_next), out = fn(*args, state, out, np.int32(1))
+        running = np.sum(np.asarray(walk.status) == ensemble.RUNNING)
+        if not running:
+            break
+        state = state._replace(walk=walk, q_next=q_next, n_running=np.array([running], np.int32))
+    assert blocks > 3  # it was cut short several times
+    for a, b in zip(whole, out):
+        assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="max_blocks"):
+        ensemble.advance_exits(jax.random.key(0), dyn, region, state.walk, 10,
+                               ensemble.empty_queue(0, 700), pack_into=(64,), max_blocks=1)
+
+
 def test_a_particle_the_engine_loses_raises_instead_of_reading_censored(monkeypatch):
     from sgdyn import ensemble, runner
 
