@@ -135,8 +135,9 @@ def sweep_exit_times(key, dynamics, regions, x0, n_particles: int, t_max, *, cor
     between sweep points less noisy).
 
     By default each member runs through the refilling runner (``sgdyn.runner``), one after
-    another: parameters are traced, so the kernels compile once for the whole sweep, and the
-    records equal ``measure_exit_times`` member by member (same ``n_slots``, ``min_bucket``).
+    another: parameters are traced, so the kernels compile once for the whole sweep (on the
+    full slot array from the start: no first tier, see ``sgdyn.runner``), and the records
+    equal ``measure_exit_times`` member by member (same ``n_slots``, ``min_bucket``).
     ``vectorized=True`` runs all members in one compiled vmapped call
     instead, every member until its slowest particle is done (no refilling: several times
     slower on a CPU, same numbers up to float rounding).
@@ -157,7 +158,8 @@ def sweep_exit_times(key, dynamics, regions, x0, n_particles: int, t_max, *, cor
     if not vectorized:
         return [result(run_exits(key, dyn, reg, np.atleast_1d(x), 0, n_particles, t,
                                  correction=correction, n_slots=n_slots,
-                                 ticks_per_block=ticks_per_block, min_bucket=min_bucket),
+                                 ticks_per_block=ticks_per_block, min_bucket=min_bucket,
+                                 first_tier=m == 1),
                        confidence)
                 for dyn, reg, x, t in zip(dynamics, regions, x0, t_max)]
     recs = jax.device_get(_sweep(key, stack(dynamics), stack(regions), jnp.asarray(np.stack(x0)),

@@ -461,18 +461,47 @@ def test_first_tier_gives_the_record_of_the_full_array(monkeypatch, work, path):
     args = (jax.random.key(5), dyn, sg.Interval.make(-R, R), [0.0], 6000, 2.0)
     full = sg.measure_exit_times(*args, n_slots=runner.default_slots())  # no tiers: n_slots set
     monkeypatch.setattr(runner, "FIRST_TIER_WORK", work)
-    monkeypatch.setattr(runner, "_OUTGREW_FIRST_TIER", set())
-    widened = []
-    real = runner._widen
-    monkeypatch.setattr(runner, "_widen", lambda *a: widened.append(1) or real(*a))
+    monkeypatch.setattr(runner, "_FIRST_TIER_SPENT", {})
+    widened, tier_calls = [], []
+    real_widen, real_fn = runner._widen, runner._advance_fn
+    monkeypatch.setattr(runner, "_widen", lambda *a: widened.append(1) or real_widen(*a))
+    monkeypatch.setattr(runner, "_advance_fn", lambda *a, **k: (
+        tier_calls.append(1) if k.get("budgeted") else None) or real_fn(*a, **k))
     if path == "full array, remembered":  # the same shape went to the full array before
         sg.measure_exit_times(*args)
-        widened.clear()
+        widened.clear(), tier_calls.clear()
     tiered = sg.measure_exit_times(*args)
     assert widened == ([1] if path == "full array" else [])
-    assert len(runner._OUTGREW_FIRST_TIER) == (0 if path == "first tier" else 1)
+    assert bool(tier_calls) == (path != "full array, remembered")
+    spent = list(runner._FIRST_TIER_SPENT.values())
+    if path == "first tier":  # every particle-step of the run, each particle counted once
+        steps = np.round(tiered.record.time / np.asarray(dyn.dt)).astype(np.int64)
+        assert spent == [int(np.sum(steps))]
+    else:
+        assert spent == [work]
     for f in ("time", "escaped", "censored", "diverged"):
         assert np.array_equal(getattr(tiered.record, f), getattr(full.record, f))
+
+
+def test_repeated_short_runs_use_up_the_first_tier_then_start_on_the_full_array(monkeypatch):
+    from sgdyn import runner
+
+    dyn = sg.EulerMaruyama.make(OU, 0.01)
+    args = (dyn, sg.Interval.make(-R, R), [0.0], 6000, 2.0)
+    monkeypatch.setattr(runner, "_FIRST_TIER_SPENT", {})
+    tier_calls = []
+    real_fn = runner._advance_fn
+    monkeypatch.setattr(runner, "_advance_fn", lambda *a, **k: (
+        tier_calls.append(1) if k.get("budgeted") else None) or real_fn(*a, **k))
+    one = sg.measure_exit_times(jax.random.key(1), *args)
+    (shape, spent), = runner._FIRST_TIER_SPENT.items()
+    monkeypatch.setattr(runner, "FIRST_TIER_WORK", 10 * spent)
+    sg.measure_exit_times(jax.random.key(2), *args)  # adds to the shape's count
+    assert len(tier_calls) == 2 and spent < runner._FIRST_TIER_SPENT[shape] < 10 * spent
+    monkeypatch.setattr(runner, "FIRST_TIER_WORK", runner._FIRST_TIER_SPENT[shape])  # used up
+    again = sg.measure_exit_times(jax.random.key(1), *args)
+    assert len(tier_calls) == 2  # the full array from the start
+    assert np.array_equal(one.record.time, again.record.time)
 
 
 def test_a_budgeted_loop_cut_short_continues_where_it_stopped():
