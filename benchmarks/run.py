@@ -199,9 +199,8 @@ def exit_tools(problem, dt, n):
     mean (a user who knows the answer's scale; the censoring-aware estimator handles the
     rest), sgdyn runs until every particle has left (the slots are refilled and the
     stragglers packed, so that is cheap). sgdyn three-point also runs with 2048 slots: too
-    few to pack, so its program holds one loop and compiles in about half the time, at some
-    cost per step (the trade-off for a one-off estimate). Each callable compiles on its first
-    call only."""
+    few to pack, so its program holds one loop; on a CPU the default starts that way too (the
+    runner's first tier) and should match it. Each callable compiles on its first call only."""
     exact = problem.exact
     t_alt = 3 * exact
     region = sg.Threshold(problem.exit_point)

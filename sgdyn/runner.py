@@ -9,8 +9,8 @@ So once the queue is empty and at most S / ``SHRINK`` (and at least ``min_bucket
 particles still run, the loop packs them into an array of that many slots and goes on there,
 and on a CPU again at 1/SHRINK of that, down to ``min_bucket`` (``pack_sizes``): one while
 loop per array size in one compiled program, and the whole run is one call (one compilation per
-dynamic and shape, no round trips to the host; on a CPU two calls at most, see below). Particles keep their ids and ages, so none of
-this changes a number.
+dynamic and shape, no round trips to the host; on a CPU at most two, see below). Particles
+keep their ids and ages, so none of this changes a number.
 
 On a CPU a short run's wait is mostly compilation, and the program with a packed loop
 compiles about twice what one loop does, for a compiled run up to ~1.7x faster on two cores.
@@ -197,7 +197,7 @@ def _first_tier(args, options, start, budget: int, advance, size: int):
     FIRST_TIER_SLOTS slots, one loop) stopped after ``budget`` particle-steps; a run still
     drawing on its queue then goes on in ``size`` slots with ``advance`` (the full program),
     and counts as having spent the whole allowance."""
-    key, dynamic, region, x0, n_steps = args
+    _, dynamic, _, x0, n_steps = args
     tier = _advance_fn(None, *options, (), budgeted=True)
     state, outcomes = start
     per_block = state.walk.ids.shape[0] * options[1] * plan(exit_spec(dynamic, options[0]))[0]
