@@ -135,9 +135,10 @@ def sweep_exit_times(key, dynamics, regions, x0, n_particles: int, t_max, *, cor
     between sweep points less noisy).
 
     By default each member runs through the refilling runner (``sgdyn.runner``), one after
-    another: parameters are traced, so the kernels compile once for the whole sweep (on the
-    full slot array from the start: no first tier, see ``sgdyn.runner``), and the records
-    equal ``measure_exit_times`` member by member (same ``n_slots``, ``min_bucket``).
+    another: parameters are traced, so the kernels compile once for the whole sweep (with
+    two or more members on the full slot array from the start, no first tier: see
+    ``sgdyn.runner``), and the records equal ``measure_exit_times`` member by member (same
+    ``n_slots``, ``min_bucket``).
     ``vectorized=True`` runs all members in one compiled vmapped call
     instead, every member until its slowest particle is done (no refilling: several times
     slower on a CPU, same numbers up to float rounding).
