@@ -174,8 +174,8 @@ def _fresh_state(lay: _Layout, x0, first: int, n: int, per_dev: int):
 
 
 def _widen(state: _State, x0, size: int) -> _State:
-    """The run of ``state`` (one device) in ``size`` slots: its slots first, then the next
-    particles waiting in the queue, at x0 and age 0."""
+    """The run of ``state`` (one device, ``n_running`` up to date) in ``size`` slots: its slots
+    first, then the next particles waiting in the queue, at x0 and age 0."""
     walk = jax.device_get(state.walk)
     q_next, q_end = int(state.q_next[0]), int(state.q_end[0])
     old = walk.ids.shape[0]
@@ -186,10 +186,9 @@ def _widen(state: _State, x0, size: int) -> _State:
     status[:old], status[old:old + take] = walk.status, RUNNING
     wide = _Walk(np.concatenate([walk.x, np.broadcast_to(x0, (size - old, x0.shape[0]))]),
                  status, np.concatenate([walk.age, np.zeros(size - old, np.int32)]), ids)
-    running = np.sum(walk.status == RUNNING) + take
     return state._replace(walk=jax.device_put(wide),
                           q_next=jax.device_put(np.array([q_next + take], np.uint32)),
-                          n_running=jax.device_put(np.array([running], np.int32)))
+                          n_running=state.n_running + np.int32(take))
 
 
 def _first_tier(args, options, start, budget: int, advance, size: int):
@@ -202,12 +201,11 @@ def _first_tier(args, options, start, budget: int, advance, size: int):
     state, outcomes = start
     per_block = state.walk.ids.shape[0] * options[1] * plan(exit_spec(dynamic, options[0]))[0]
     (walk, q_next), outcomes = tier(*args, state, outcomes, np.int32(max(1, budget // per_block)))
-    state = state._replace(walk=walk, q_next=q_next)
-    running = int(np.sum(np.asarray(walk.status) == RUNNING))
+    running = np.sum(np.asarray(walk.status) == RUNNING, dtype=np.int32)
+    state = state._replace(walk=walk, q_next=q_next, n_running=running[None])
     if running and int(q_next[0]) < int(state.q_end[0]):  # a long run: the full program pays
         return advance(*args, _widen(state, x0, size), outcomes)[1], FIRST_TIER_WORK
     if running:  # stragglers only: the small array is the one for them
-        state = state._replace(n_running=jax.device_put(np.array([running], np.int32)))
         outcomes = tier(*args, state, outcomes, np.int32(np.iinfo(np.int32).max))[1]
     status, steps = np.asarray(outcomes[0]), np.asarray(outcomes[1])
     return outcomes, int(np.sum(np.where(status == RUNNING, n_steps, steps), dtype=np.int64))
