@@ -50,6 +50,17 @@ FIRST_TIER_SLOTS = 2048  # a CPU run starts in one loop over this many slots (mo
 FIRST_TIER_WORK = 2**29  # particle-steps a shape may take there before the full array's
 _FIRST_TIER_SPENT: dict = {}  # shape -> particle-steps this process has run in the first tier
 
+# On a CPU every exit program of the runner is compiled with XLA's older CPU fusion emitters,
+# which emit its ~30 kernels in about half the time of the MLIR-based default (most of a short
+# run's wait), and with 512-bit vectors where the CPU has them, which more than win back the
+# step time the older emitters lose (README, "What made it fast"). All of the runner's
+# programs share the options, so a record never depends on the path its run took; against the
+# same kernel jitted with XLA's defaults (``simulate_exits``) a few functions (rsqrt, cbrt,
+# tan, atan, asinh) may round differently in the last bit. An XLA that does not know an
+# option compiles with its defaults.
+CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_cpu_prefer_vector_width": 512}
+_OPTIONS_KNOWN = {"cpu": True}  # set to False by the first "No such compile option"
+
 
 def default_slots() -> int:
     """Slots per run: enough to fill the backend, small enough to stay in cache on a CPU."""
@@ -112,7 +123,35 @@ def _advance_fn(mesh, correction, ticks_per_block: int, divergence_bound: float,
         split, same = P(AXIS), P()
         local = jax.shard_map(local, mesh=mesh, in_specs=(same,) * 5 + (split, split),
                               out_specs=split, check_vma=False)
-    return jax.jit(local, donate_argnums=(6,))
+    platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
+    return _jit(local, platform, donate_argnums=(6,))
+
+
+def _jit(fn, platform: str, **jit_kw):
+    """jax.jit(fn), with CPU_COMPILER_OPTIONS on a CPU."""
+    return _TunedJit(fn, **jit_kw) if platform == "cpu" else jax.jit(fn, **jit_kw)
+
+
+class _TunedJit:
+    """jax.jit(fn) compiled with CPU_COMPILER_OPTIONS, or with XLA's defaults once this XLA
+    has refused an option (then every later program too)."""
+
+    def __init__(self, fn, **jit_kw):
+        self.tuned = jax.jit(fn, compiler_options=CPU_COMPILER_OPTIONS, **jit_kw)
+        self.plain = jax.jit(fn, **jit_kw)
+
+    def __call__(self, *args):
+        if _OPTIONS_KNOWN["cpu"]:
+            try:
+                return self.tuned(*args)
+            except RuntimeError as err:  # raised while compiling: nothing ran, nothing donated
+                if "No such compile option" not in str(err):
+                    raise
+                _OPTIONS_KNOWN["cpu"] = False
+        return self.plain(*args)
+
+    def _cache_size(self) -> int:  # as jax.jit's: programs compiled (the recompilation guard)
+        return self.tuned._cache_size() + self.plain._cache_size()
 
 
 def pack_sizes(slots: int, min_bucket: int, most: int | None = None) -> tuple[int, ...]:

@@ -317,6 +317,7 @@ def _small_run(**kw):
                                  2.0, **kw)
 
 
+@jax.tree_util.register_static  # no arrays: it may be passed to jit as it is
 class _Ramp:
     """x_{k+1} = x_k + 1 whatever the noise: from 0 it passes k - 1/2 exactly at step k."""
 
@@ -324,6 +325,12 @@ class _Ramp:
 
     def __init__(self, kind):
         self.noise_spec = rng.NoiseSpec(((kind, 1),))
+
+    def __eq__(self, other):
+        return isinstance(other, _Ramp) and other.noise_spec == self.noise_spec
+
+    def __hash__(self):
+        return hash(self.noise_spec)
 
     def step(self, x, noise):
         return x + 1.0 + 0.0 * noise[0]
@@ -544,6 +551,38 @@ def test_a_particle_the_engine_loses_raises_instead_of_reading_censored(monkeypa
             _small_run(n_slots=256, min_bucket=16)
     finally:
         runner._advance_fn.cache_clear()  # later tests compile the real one again
+
+
+@pytest.mark.parametrize("kind", ["normal", "three_point", "two_point"])
+def test_the_runner_programs_keep_exit_steps_exact(kind):
+    # the runner compiles with its own options on a CPU (runner.CPU_COMPILER_OPTIONS): the
+    # marks that carry each exit step through a block must survive them too (first tier,
+    # full array with packing, and the move between them)
+    dyn = _Ramp(kind)
+    for k in (1, 2, 3, 5, 63, 64, 65, 257):
+        for n_slots in (None, 256):
+            rec = sg.measure_exit_times(jax.random.key(0), dyn, sg.Threshold(k - 0.5), [0.0],
+                                        300, 1e4, ticks_per_block=4, n_slots=n_slots,
+                                        min_bucket=64).record
+            assert np.all(rec.escaped) and np.all(rec.time == k * 0.5), (k, n_slots)
+
+
+def test_an_xla_without_the_runner_options_compiles_with_its_defaults(monkeypatch):
+    from sgdyn import runner
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the options are for a CPU")
+    reference = _small_run()
+    monkeypatch.setattr(runner, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": True})
+    monkeypatch.setattr(runner, "_OPTIONS_KNOWN", {"cpu": True})
+    runner._advance_fn.cache_clear()
+    try:
+        fallback = _small_run()
+        assert runner._OPTIONS_KNOWN == {"cpu": False}
+    finally:
+        runner._advance_fn.cache_clear()  # later tests compile with the real options again
+    np.testing.assert_array_equal(fallback.record.time, reference.record.time)
+    np.testing.assert_array_equal(fallback.record.escaped, reference.record.escaped)
 
 
 def test_sweep_matches_single_runs_looped_or_vectorized():
