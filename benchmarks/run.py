@@ -428,7 +428,8 @@ def run_cache(cfg):
     moves by tens of percent from one minute to the next), then twice with JAX's persistent
     cache in a new folder (the first fills it, the second is what a rerun of a script waits);
     on a CPU once more without a cache, every tool compiled with XLA's older emitters
-    (``LEGACY_EMITTERS``)."""
+    (``LEGACY_EMITTERS``; sgdyn's exit runner compiles with them anyway, so this row shows
+    what they do for diffrax)."""
     c = cfg["exit"]["pld1"]
     probe = [sys.executable, str(ROOT / "benchmarks" / "compile_probe.py"),
              "--n", str(c["n"]), "--dt", str(c["dt"])]

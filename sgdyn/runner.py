@@ -21,7 +21,9 @@ that has only stragglers left finishes there too; one still drawing on its queue
 slots and queue into the full array and goes on with the full program. The allowance is per
 shape and process: repeated short runs of one shape use it up, and then, like every run
 after one that moved, start on the full array; a sweep starts there at once. Particles keep
-their ids and ages, so the record is the same whichever way it went.
+their ids and ages, so the record is the same whichever way it went. On a CPU every program
+here is compiled with ``CPU_COMPILER_OPTIONS`` (XLA's older fusion emitters, which emit
+kernels in about half the time, and 512-bit vectors).
 
 With a device mesh (``sgdyn.sharding``) every device runs its own queue (a contiguous range of
 particle ids) and its own slots in its own while loop, and packs its own stragglers.
