@@ -336,11 +336,20 @@ class _Ramp:
         return x + 1.0 + 0.0 * noise[0]
 
 
+def _enable_x64(on: bool):
+    """jax.enable_x64(on); jax 0.6, the oldest sgdyn supports, has it in jax.experimental."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(on)
+    from jax import experimental
+
+    return experimental.enable_x64(on)
+
+
 def test_exit_marks_are_nans_that_keep_their_payload():
     from sgdyn import ensemble
 
     for dtype, top in ((jnp.float32, 2**22 - 1), (jnp.float64, 2**31 - 1)):
-        with jax.enable_x64(dtype == jnp.float64):
+        with _enable_x64(dtype == jnp.float64):
             payload = jnp.array([0, 1, 2, 12345, top], jnp.int32)
             marks = ensemble._outcome_nan(payload, dtype)
             assert marks.dtype == dtype and bool(jnp.all(jnp.isnan(marks)))
