@@ -563,17 +563,28 @@ def test_a_particle_the_engine_loses_raises_instead_of_reading_censored(monkeypa
 
 
 @pytest.mark.parametrize("kind", ["normal", "three_point", "two_point"])
-def test_the_runner_programs_keep_exit_steps_exact(kind):
+@pytest.mark.parametrize("path", ["first tier", "moved to the full array", "packed"])
+def test_the_runner_programs_keep_exit_steps_exact(monkeypatch, kind, path):
     # the runner compiles with its own options on a CPU (runner.CPU_COMPILER_OPTIONS): the
-    # marks that carry each exit step through a block must survive them too (first tier,
-    # full array with packing, and the move between them)
-    dyn = _Ramp(kind)
+    # marks that carry each exit step through a block must survive them on every path
+    from sgdyn import runner
+
+    n, kw = (300, dict(n_slots=256, min_bucket=64)) if path == "packed" else (5000, {})
+    tier_calls, widened = [], []
+    real_fn, real_widen = runner._advance_fn, runner._widen
+    monkeypatch.setattr(runner, "_advance_fn", lambda *a, **k: (
+        tier_calls.append(1) if k.get("budgeted") else None) or real_fn(*a, **k))
+    monkeypatch.setattr(runner, "_widen", lambda *a: widened.append(1) or real_widen(*a))
+    if path == "moved to the full array":
+        monkeypatch.setattr(runner, "FIRST_TIER_WORK", 1)  # one block, then the full array
     for k in (1, 2, 3, 5, 63, 64, 65, 257):
-        for n_slots in (None, 256):
-            rec = sg.measure_exit_times(jax.random.key(0), dyn, sg.Threshold(k - 0.5), [0.0],
-                                        300, 1e4, ticks_per_block=4, n_slots=n_slots,
-                                        min_bucket=64).record
-            assert np.all(rec.escaped) and np.all(rec.time == k * 0.5), (k, n_slots)
+        monkeypatch.setattr(runner, "_FIRST_TIER_SPENT", {})
+        rec = sg.measure_exit_times(jax.random.key(0), _Ramp(kind), sg.Threshold(k - 0.5),
+                                    [0.0], n, 1e4, ticks_per_block=4, **kw).record
+        assert np.all(rec.escaped) and np.all(rec.time == k * 0.5), k
+    if jax.default_backend() == "cpu":  # the paths taken are the ones named
+        assert bool(tier_calls) == (path != "packed")
+        assert bool(widened) == (path == "moved to the full array")
 
 
 def test_an_xla_without_the_runner_options_compiles_with_its_defaults(monkeypatch):
