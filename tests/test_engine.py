@@ -465,6 +465,19 @@ def test_a_long_run_packed_to_its_default_floor_gives_the_same_record(monkeypatc
         assert np.array_equal(getattr(auto.record, f), getattr(one_loop.record, f))
 
 
+def _watch_paths(monkeypatch):
+    """(tier_calls, widened): lists that grow by one whenever the runner builds its budgeted
+    first-tier program, and whenever it moves a run into the full array."""
+    from sgdyn import runner
+
+    tier_calls, widened = [], []
+    real_fn, real_widen = runner._advance_fn, runner._widen
+    monkeypatch.setattr(runner, "_advance_fn", lambda *a, **k: (
+        tier_calls.append(1) if k.get("budgeted") else None) or real_fn(*a, **k))
+    monkeypatch.setattr(runner, "_widen", lambda *a: widened.append(1) or real_widen(*a))
+    return tier_calls, widened
+
+
 @pytest.mark.parametrize("work, path", [(2**40, "first tier"), (2**18, "full array"),
                                         (2**16, "full array, remembered")])
 def test_first_tier_gives_the_record_of_the_full_array(monkeypatch, work, path):
@@ -478,11 +491,7 @@ def test_first_tier_gives_the_record_of_the_full_array(monkeypatch, work, path):
     full = sg.measure_exit_times(*args, n_slots=runner.default_slots())  # no tiers: n_slots set
     monkeypatch.setattr(runner, "FIRST_TIER_WORK", work)
     monkeypatch.setattr(runner, "_FIRST_TIER_SPENT", {})
-    widened, tier_calls = [], []
-    real_widen, real_fn = runner._widen, runner._advance_fn
-    monkeypatch.setattr(runner, "_widen", lambda *a: widened.append(1) or real_widen(*a))
-    monkeypatch.setattr(runner, "_advance_fn", lambda *a, **k: (
-        tier_calls.append(1) if k.get("budgeted") else None) or real_fn(*a, **k))
+    tier_calls, widened = _watch_paths(monkeypatch)
     if path == "full array, remembered":  # the same shape went to the full array before
         sg.measure_exit_times(*args)
         widened.clear(), tier_calls.clear()
@@ -505,10 +514,7 @@ def test_repeated_short_runs_use_up_the_first_tier_then_start_on_the_full_array(
     dyn = sg.EulerMaruyama.make(OU, 0.01)
     args = (dyn, sg.Interval.make(-R, R), [0.0], 6000, 2.0)
     monkeypatch.setattr(runner, "_FIRST_TIER_SPENT", {})
-    tier_calls = []
-    real_fn = runner._advance_fn
-    monkeypatch.setattr(runner, "_advance_fn", lambda *a, **k: (
-        tier_calls.append(1) if k.get("budgeted") else None) or real_fn(*a, **k))
+    tier_calls, _ = _watch_paths(monkeypatch)
     one = sg.measure_exit_times(jax.random.key(1), *args)
     (shape, spent), = runner._FIRST_TIER_SPENT.items()
     monkeypatch.setattr(runner, "FIRST_TIER_WORK", 10 * spent)
@@ -570,11 +576,7 @@ def test_the_runner_programs_keep_exit_steps_exact(monkeypatch, kind, path):
     from sgdyn import runner
 
     n, kw = (300, dict(n_slots=256, min_bucket=64)) if path == "packed" else (5000, {})
-    tier_calls, widened = [], []
-    real_fn, real_widen = runner._advance_fn, runner._widen
-    monkeypatch.setattr(runner, "_advance_fn", lambda *a, **k: (
-        tier_calls.append(1) if k.get("budgeted") else None) or real_fn(*a, **k))
-    monkeypatch.setattr(runner, "_widen", lambda *a: widened.append(1) or real_widen(*a))
+    tier_calls, widened = _watch_paths(monkeypatch)
     if path == "moved to the full array":
         monkeypatch.setattr(runner, "FIRST_TIER_WORK", 1)  # one block, then the full array
     for k in (1, 2, 3, 5, 63, 64, 65, 257):
