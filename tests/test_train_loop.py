@@ -1,5 +1,6 @@
 """Training loop, data, models and sharpness: determinism, vmap equivalence, divergence,
-exact-Hessian check of power iteration, offline data, argument checks."""
+the minibatch order against jax.random.permutation, exact-Hessian check of power iteration,
+offline data, argument checks."""
 
 import random
 import socket
@@ -14,6 +15,7 @@ from jax.flatten_util import ravel_pytree
 from sgdyn.train import (MLP, CNN1D, Dataset, add_fisher_noise, load_dataset, load_npz,
                          make_model, mean_loss, mnist1d, per_example_grads, power_iteration,
                          teacher_student, top_hessian_eigenvalue, train)
+from sgdyn.train import shuffle
 
 DATA = teacher_student(192, 64, dim=8, num_classes=4, teacher_width=16, seed=3)
 MODEL = MLP(hidden=(16,), num_classes=4)
@@ -63,6 +65,25 @@ def test_vmapped_seeds_match_one_by_one(noisy):
         pa = ravel_pytree(jax.tree.map(lambda x: x[i], together.params))[0]
         np.testing.assert_allclose(pa, ravel_pytree(jax.tree.map(lambda x: x[0], alone.params))[0],
                                    rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 4000, 4096, shuffle.MAX_PACKED,
+                               shuffle.MAX_PACKED + 1])
+def test_minibatch_order_is_jax_random_permutation_bit_for_bit(n):
+    # seeds must keep their data order (and so their numbers) from before the cheaper sorts
+    keys = jax.random.split(jax.random.key(3), 25)
+    ours = jax.jit(jax.vmap(lambda k: shuffle.permutation(k, n)))(keys)
+    np.testing.assert_array_equal(ours, jax.vmap(lambda k: jax.random.permutation(k, n))(keys))
+
+
+def test_stable_argsort_keeps_equal_words_in_order():
+    rng = np.random.default_rng(0)
+    low, high = rng.integers(0, 1 << 16, (2, 5000), dtype=np.uint32)
+    few = rng.integers(0, 3, 5000, dtype=np.uint32)
+    # ties in the whole word, in its high half only, in its low half only, and none
+    for words in (few, few << 16 | low, high << 16 | few, high << 16 | low):
+        np.testing.assert_array_equal(shuffle.stable_argsort(jnp.asarray(words)),
+                                      np.argsort(words, kind="stable"))
 
 
 def test_nan_seed_stops_alone():
