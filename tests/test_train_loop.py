@@ -15,7 +15,7 @@ from jax.flatten_util import ravel_pytree
 from sgdyn.train import (MLP, CNN1D, Dataset, add_fisher_noise, load_dataset, load_npz,
                          make_model, mean_loss, mnist1d, per_example_grads, power_iteration,
                          teacher_student, top_hessian_eigenvalue, train)
-from sgdyn.train import shuffle
+from sgdyn.train import loop, shuffle
 
 DATA = teacher_student(192, 64, dim=8, num_classes=4, teacher_width=16, seed=3)
 MODEL = MLP(hidden=(16,), num_classes=4)
@@ -28,6 +28,17 @@ def sgd(lr, key):
 
 def noisy_momentum(lr, key):
     return optax.chain(add_fisher_noise(8, 32, key), optax.sgd(lr, momentum=0.9))
+
+
+def poisoned_sgd(lr, key):
+    """SGD whose update turns inf at step 11 (the last of epoch 2 of 3, 6 steps each) for seeds
+    trained at lr > 0.205: that step's loss is still finite, only the new weights are not."""
+
+    def update(updates, count, params=None, **extra):
+        bad = (count == 11) & (lr > 0.205)
+        return jax.tree.map(lambda g: jnp.where(bad, jnp.inf, -lr * g), updates), count + 1
+
+    return optax.GradientTransformationExtraArgs(lambda p: jnp.zeros((), jnp.int32), update)
 
 
 def run(seeds, lr=0.2, optimizer_fn=sgd, **kw):
@@ -84,6 +95,31 @@ def test_stable_argsort_keeps_equal_words_in_order():
     for words in (few, few << 16 | low, high << 16 | few, high << 16 | low):
         np.testing.assert_array_equal(shuffle.stable_argsort(jnp.asarray(words)),
                                       np.argsort(words, kind="stable"))
+
+
+@pytest.mark.parametrize("optimizer_fn, lr, step", [(poisoned_sgd, [0.2, 0.21, 0.2], 11),
+                                                   (sgd, [0.2, 1e30, 0.2], None)])
+def test_epochs_run_unchecked_give_what_checking_every_step_gives(monkeypatch, optimizer_fn,
+                                                                   lr, step):
+    """An epoch is run again with every step checked only where a seed diverged in it, and the
+    result is the every-step-checked run's, for inf weights after a finite loss and for NaN
+    losses, in the epoch of the divergence and the frozen epochs after it."""
+    reruns = []
+    select = loop._select_seeds
+    monkeypatch.setattr(loop, "_select_seeds", lambda *a: reruns.append(1) or select(*a))
+    with pytest.warns(RuntimeWarning, match=r"seeds \[1\] diverged"):
+        fast = run([0, 1, 2], lr=lr, optimizer_fn=optimizer_fn)
+    assert len(reruns) == 1  # only the epoch in which seed 1 diverged
+    monkeypatch.setattr(loop, "_epoch", lambda unchecked, checked, state, *a: checked(state, *a))
+    with pytest.warns(RuntimeWarning):
+        checked = run([0, 1, 2], lr=lr, optimizer_fn=optimizer_fn)
+    assert fast.diverged.tolist() == [False, True, False]
+    if step is not None:
+        assert fast.diverged_step[1] == step
+    for f in FIELDS + ("diverged_step",):
+        np.testing.assert_array_equal(getattr(fast, f), getattr(checked, f), err_msg=f)
+    for a, b in zip(jax.tree.leaves(fast.params), jax.tree.leaves(checked.params)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_nan_seed_stops_alone():
