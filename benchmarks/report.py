@@ -173,7 +173,9 @@ def table(res):
             rows, fan_in, fan_out = t["layer_shape"]
             lines += [f"  first layer's products ({rows}x{fan_in} by {fan_in}x{fan_out}): "
                       f"{t['layer_gflops_1_seed']:.1f} GFLOP/s for one seed, "
-                      f"{t['layer_gflops_stacked']:.1f} stacked for {t['seeds']} seeds"]
+                      f"{t['layer_gflops_stacked']:.1f} stacked for {t['seeds']} seeds"
+                      + (f", against {t['matmul_gflops_one_core']:.1f} for the matmul on one "
+                         f"core" if "matmul_gflops_one_core" in t else "")]
     lines += ["", "Targets (ratios in this run):"]
     lines += [f"  {k:45s} {v:.3g}" if isinstance(v, float) else f"  {k:45s} {v}"
               for k, v in res["summary"].items()]

@@ -458,6 +458,25 @@ def run_cache(cfg):
 
 # ----------------------------------------------------------------------------- training
 
+ONE_CORE_SCRIPT = r"""
+import os, sys
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # before XLA sizes its thread pool
+from benchmarks import ceilings
+print(ceilings.matmul_flops_per_second(int(sys.argv[1])))
+"""
+
+
+def one_core_matmul_flops_per_second(size):
+    """``ceilings.matmul_flops_per_second`` in a child pinned to one core: the most one
+    core does, against which a product that XLA runs on one thread is measured. None where
+    the platform cannot pin a process (not Linux) or JAX runs on an accelerator."""
+    if jax.default_backend() != "cpu" or not hasattr(os, "sched_setaffinity"):
+        return None
+    res = subprocess.run([sys.executable, "-c", ONE_CORE_SCRIPT, str(size)],
+                         capture_output=True, text=True, env=_env(), check=True)
+    return float(res.stdout.split()[-1])
+
+
 def run_training(cfg):
     import optax
 
@@ -514,6 +533,9 @@ def run_training(cfg):
                matmul_size=cfg["matmul_size"],
                matmul_gflops=ceilings.matmul_flops_per_second(cfg["matmul_size"]) / 1e9,
                final_test_acc=[float(v) for v in together.test_acc[-1]])
+    one_core = one_core_matmul_flops_per_second(cfg["matmul_size"])
+    if one_core:  # one device runs the stacked seeds' products on one thread
+        out["matmul_gflops_one_core"] = one_core / 1e9
     log(out)
     return out
 

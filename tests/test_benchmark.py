@@ -3,6 +3,7 @@ exit-time estimate is checked against the exact value, the JSON is written. No t
 assertions (the machine may be shared)."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -62,6 +63,8 @@ def test_quick_sharding_and_training_sections_run(tmp_path):
     assert t["max_test_acc_difference"] <= 0.005 and t["seeds"] == 2
     assert t["speedup_ceiling"] > 0 and t["bare_sgd_vmap_gain"] > 0
     assert t["layer_shape"] == [256, 40, 100] and t["layer_gflops_stacked"] > 0
+    if hasattr(os, "sched_setaffinity"):  # Linux: the child pinned to one core ran
+        assert t["matmul_gflops_one_core"] > 0
     assert {"training_vmap_2_devices_speedup", "training_vmap_speedup"} <= set(res["summary"])
 
 
