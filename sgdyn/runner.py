@@ -41,6 +41,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import _checks
+from ._tuned_jit import tuned_jit
 from .ensemble import PAD, RUNNING, ExitRecord, _Queue, _Walk, advance_exits, exit_record, \
     exit_spec, max_steps, padded
 from .rng import plan
@@ -61,7 +62,6 @@ _FIRST_TIER_SPENT: dict = {}  # shape -> particle-steps this process has run in 
 # tan, atan, asinh) may round differently in the last bit. An XLA that does not know an
 # option compiles with its defaults.
 CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_cpu_prefer_vector_width": 512}
-_OPTIONS_KNOWN = {"cpu": True}  # set to False by the first "No such compile option"
 
 
 def default_slots() -> int:
@@ -126,34 +126,7 @@ def _advance_fn(mesh, correction, ticks_per_block: int, divergence_bound: float,
         local = jax.shard_map(local, mesh=mesh, in_specs=(same,) * 5 + (split, split),
                               out_specs=split, check_vma=False)
     platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
-    return _jit(local, platform, donate_argnums=(6,))
-
-
-def _jit(fn, platform: str, **jit_kw):
-    """jax.jit(fn), with CPU_COMPILER_OPTIONS on a CPU."""
-    return _TunedJit(fn, **jit_kw) if platform == "cpu" else jax.jit(fn, **jit_kw)
-
-
-class _TunedJit:
-    """jax.jit(fn) compiled with CPU_COMPILER_OPTIONS, or with XLA's defaults once this XLA
-    has refused an option (then every later program too)."""
-
-    def __init__(self, fn, **jit_kw):
-        self.tuned = jax.jit(fn, compiler_options=CPU_COMPILER_OPTIONS, **jit_kw)
-        self.plain = jax.jit(fn, **jit_kw)
-
-    def __call__(self, *args):
-        if _OPTIONS_KNOWN["cpu"]:
-            try:
-                return self.tuned(*args)
-            except RuntimeError as err:  # raised while compiling: nothing ran, nothing donated
-                if "No such compile option" not in str(err):
-                    raise
-                _OPTIONS_KNOWN["cpu"] = False
-        return self.plain(*args)
-
-    def _cache_size(self) -> int:  # as jax.jit's: programs compiled (the recompilation guard)
-        return self.tuned._cache_size() + self.plain._cache_size()
+    return tuned_jit(local, CPU_COMPILER_OPTIONS, platform, donate_argnums=(6,))
 
 
 def pack_sizes(slots: int, min_bucket: int, most: int | None = None) -> tuple[int, ...]:

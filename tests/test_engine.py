@@ -590,17 +590,17 @@ def test_the_runner_programs_keep_exit_steps_exact(monkeypatch, kind, path):
 
 
 def test_an_xla_without_the_runner_options_compiles_with_its_defaults(monkeypatch):
-    from sgdyn import runner
+    from sgdyn import _tuned_jit, runner
 
     if jax.default_backend() != "cpu":
         pytest.skip("the options are for a CPU")
     reference = _small_run()
     monkeypatch.setattr(runner, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": True})
-    monkeypatch.setattr(runner, "_OPTIONS_KNOWN", {"cpu": True})
+    monkeypatch.setattr(_tuned_jit, "_REFUSED", set())
     runner._advance_fn.cache_clear()
     try:
         fallback = _small_run()
-        assert runner._OPTIONS_KNOWN == {"cpu": False}
+        assert _tuned_jit._REFUSED == {frozenset({"xla_cpu_no_such_option"})}
     finally:
         runner._advance_fn.cache_clear()  # later tests compile with the real options again
     np.testing.assert_array_equal(fallback.record.time, reference.record.time)

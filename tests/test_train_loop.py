@@ -12,9 +12,9 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from sgdyn.train import (MLP, CNN1D, Dataset, add_fisher_noise, load_dataset, load_npz,
-                         make_model, mean_loss, mnist1d, per_example_grads, power_iteration,
-                         teacher_student, top_hessian_eigenvalue, train)
+from sgdyn.train import (MLP, CNN1D, Dataset, add_fisher_noise, init_params, load_dataset,
+                         load_npz, make_model, mean_loss, mnist1d, per_example_grads,
+                         power_iteration, teacher_student, top_hessian_eigenvalue, train)
 from sgdyn.train import loop, shuffle
 
 DATA = teacher_student(192, 64, dim=8, num_classes=4, teacher_width=16, seed=3)
@@ -120,6 +120,19 @@ def test_epochs_run_unchecked_give_what_checking_every_step_gives(monkeypatch, o
         np.testing.assert_array_equal(getattr(fast, f), getattr(checked, f), err_msg=f)
     for a, b in zip(jax.tree.leaves(fast.params), jax.tree.leaves(checked.params)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("model", [MODEL, MLP(), CNN1D()], ids=["mlp16", "mlp100", "cnn"])
+def test_initial_weights_are_those_of_xla_defaults(model):
+    """init_params compiles the initialisers with cheaper LLVM optimisation on a CPU
+    (loop.INIT_COMPILER_OPTIONS): the weights must stay those of a default jax.jit."""
+    x = np.zeros((1, 40), np.float32)
+    for seeds in ([0], [3, 1, 4, 1, 5]):
+        ours = init_params(model, seeds, x)
+        default = jax.jit(jax.vmap(lambda seed: model.init(loop._seed_keys(seed)[0], x)))(
+            jnp.asarray(seeds, jnp.uint32))
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(default)):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_nan_seed_stops_alone():
