@@ -122,6 +122,21 @@ def test_epochs_run_unchecked_give_what_checking_every_step_gives(monkeypatch, o
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_repeated_run_compiles_nothing_and_the_checked_epoch_only_on_divergence():
+    """A second train() of one configuration reuses every compiled program, and a run with no
+    divergence never builds the every-step-checked epoch (compiled lazily, on divergence)."""
+    loop._compiled.cache_clear()  # other tests' divergent runs built this configuration's
+    run([0, 1], sharpness_iters=0)
+    init, unchecked, checked = loop._compiled(MODEL, sgd, 32, DATA.n_train // 32, 0, 0.0)
+    metrics, _ = loop._evaluators(MODEL, 0)
+    programs = (loop._param_init(MODEL), init, unchecked, metrics)
+    before = [p._cache_size() for p in programs]
+    assert min(before) >= 1  # the cached programs are the ones train() ran
+    run([0, 1], sharpness_iters=0)
+    assert [p._cache_size() for p in programs] == before
+    assert checked._cache_size() == 0  # nothing diverged: the checked epoch was never built
+
+
 @pytest.mark.parametrize("model", [MODEL, MLP(), CNN1D()], ids=["mlp16", "mlp100", "cnn"])
 def test_initial_weights_are_those_of_xla_defaults(model):
     """init_params compiles the initialisers with cheaper LLVM optimisation on a CPU
