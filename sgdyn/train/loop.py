@@ -97,15 +97,7 @@ def _all_finite(tree):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def _select_seeds(pred, new, old):
-    """``_select`` with one predicate per seed (the leading axis of every leaf)."""
-
-    def sel(a, b):
-        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
-            return jax.vmap(_select)(pred, a, b)
-        return jnp.where(pred.reshape(pred.shape + (1,) * (a.ndim - 1)), a, b)
-
-    return jax.tree.map(sel, new, old)
+_select_seeds = jax.vmap(_select)  # one predicate per seed (the leading axis of every leaf)
 
 
 def _seed_keys(seed):
