@@ -61,6 +61,15 @@ SCRIPT = textwrap.dedent(r"""
     assert split.test_acc.shape == (2, 3) and split.sharpness.shape == (3,)
     for f in ("train_loss", "test_loss", "sharpness"):
         np.testing.assert_allclose(getattr(split, f), getattr(alone, f), rtol=1e-4)
+    # at most one device per seed: one seed is not padded onto the second device
+    from sgdyn.train import loop
+    assert loop.seed_mesh(n_seeds=1) is None and loop.seed_mesh(n_seeds=3).devices.size == 2
+    meshes, seed_mesh = [], loop.seed_mesh
+    loop.seed_mesh = lambda *a, **k: meshes.append(seed_mesh(*a, **k)) or meshes[-1]
+    one = train(MLP(hidden=(16,), num_classes=10), data, sgd, **dict(kw, seeds=[2]))
+    loop.seed_mesh = seed_mesh
+    assert meshes == [None], meshes
+    np.testing.assert_array_equal(one.test_loss[:, 0], alone.test_loss[:, 2])
     print("OK")
 """)
 

@@ -253,10 +253,14 @@ def _check_args(data, optimizer_fn, lr, batch_size, epochs, seeds, loss_weight_s
     return seeds.astype(np.uint32), np.array(lr)
 
 
-def seed_mesh(devices=None) -> Mesh | None:
-    """A 1-D mesh named ``"seeds"`` over ``devices`` (default: every device of this process);
-    None with a single device."""
+def seed_mesh(devices=None, n_seeds: int | None = None) -> Mesh | None:
+    """A 1-D mesh named ``"seeds"`` over ``devices`` (default: every device of this process),
+    or over its first ``n_seeds`` when there are fewer seeds than devices (a device with only
+    padding to run would add work and cross-device traffic and gain nothing); None where that
+    leaves a single device."""
     devices = jax.local_devices() if devices is None else list(devices)
+    if n_seeds is not None:
+        devices = devices[:max(1, int(n_seeds))]
     return Mesh(np.asarray(devices), ("seeds",)) if len(devices) > 1 else None
 
 
@@ -273,15 +277,16 @@ def train(model, data: Dataset, optimizer_fn: OptimizerFn, *, lr, batch_size: in
     integer m: those of the first m examples of the random batch only, B/m x less memory).
     ``loss_weight_scale`` s > 0 differentiates the reweighted loss (1/B) sum (1 + s z_i) l_i.
     Sharpness uses the first ``sharpness_examples`` training examples (all by default).
-    With several devices (and ``shard_seeds``), the seeds are split over all of them
-    (``seed_mesh``); a seed's numbers do not depend on where it runs, up to float rounding.
+    With several devices (and ``shard_seeds``), the seeds are split over them, at most one
+    device per seed (``seed_mesh``); a seed's numbers do not depend on where it runs, up to
+    float rounding.
     On a CPU, give JAX one device per core (``JAX_NUM_CPU_DEVICES``, set before JAX starts)
     to train the seeds in parallel: vmap alone gains little there (see the README).
     """
     seeds, lr = _check_args(data, optimizer_fn, lr, batch_size, epochs, seeds, loss_weight_scale,
                             sharpness_iters, sharpness_examples, per_example_grads)
     n_seeds = seeds.size
-    mesh = seed_mesh() if shard_seeds else None
+    mesh = seed_mesh(n_seeds=n_seeds) if shard_seeds else None
     if mesh is not None:  # pad with copies of the last seed to a multiple of the device count
         pad = -n_seeds % mesh.devices.size
         seeds, lr = np.pad(seeds, (0, pad), mode="edge"), np.pad(lr, (0, pad), mode="edge")
