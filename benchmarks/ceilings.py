@@ -10,7 +10,8 @@
 - float32 FLOP/s of one large matrix product, and of a dense layer's small products alone
   and stacked for several seeds;
 - for training, the barest vmapped SGD step (gradient and update, nothing else): a floor
-  under any vmapped training step, hence a ceiling on what vmap can gain over a loop.
+  under any vmapped training step, hence a ceiling on what vmap can gain over a loop; and the
+  per-epoch evaluation, which vmap and a loop both run.
 """
 
 from __future__ import annotations
@@ -141,6 +142,19 @@ def bare_sgd_epoch(model, x, y, batch_size, seeds, steps, lr=0.05):
         return jax.lax.scan(body, params, idx)[0]
 
     return run, params
+
+
+def evaluation_seconds(model, params, data, repeats=REPEATS):
+    """Seconds of the evaluation ``sgdyn.train.train`` runs after every epoch: loss and accuracy
+    of each seed in ``params`` (stacked) on the whole training and test sets, its own program."""
+    from sgdyn.train.loop import _evaluators
+
+    metrics, _ = _evaluators(model, 0)
+    sets = [(jnp.asarray(data.x_train), jnp.asarray(data.y_train)),
+            (jnp.asarray(data.x_test), jnp.asarray(data.y_test))]
+    params = jax.tree.map(jnp.asarray, params)
+    _, t = timed(lambda p: [metrics(p, x, y) for x, y in sets], params, repeats=repeats)
+    return t
 
 
 def vmapped_sgd_step_seconds(model, x, y, batch_size, seeds, steps, repeats=REPEATS):

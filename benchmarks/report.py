@@ -95,6 +95,9 @@ def summarize(res):
         s["training_vmap_speedup"] = res["training"]["speedup"]
         if "speedup_ceiling" in res["training"]:
             s["training_vmap_speedup_ceiling"] = res["training"]["speedup_ceiling"]
+        if "speedup_bound_all_cores" in res["training"]:
+            s["training_vmap_speedup_bound_all_cores"] = res["training"][
+                "speedup_bound_all_cores"]
     return s
 
 
@@ -166,6 +169,11 @@ def table(res):
                       f"{t['us_per_seed_step_vmap_bare_sgd']:.0f} us per seed-step against "
                       f"{t['us_per_seed_step_loop']:.0f} us for one seed's "
                       f"whole step in the loop: vmap can gain at most x{t['speedup_ceiling']:.2f}"]
+        if "speedup_bound_all_cores" in t:
+            lines += [f"  evaluation after each epoch: "
+                      f"{1e3 * t['seconds_evaluation_per_epoch']:.1f} ms for all seeds; with "
+                      f"the bare steps split perfectly over the {t['cores']} cores and that "
+                      f"evaluation, the seeds could gain at most x{t['speedup_bound_all_cores']:.2f}"]
         if "bare_sgd_vmap_gain" in t:
             lines += [f"  (one seed's bare step: {t['us_per_seed_step_bare_sgd_1_seed']:.0f} us, "
                       f"so vmap makes the bare step itself x{t['bare_sgd_vmap_gain']:.2f} faster)"]

@@ -65,6 +65,14 @@ def test_quick_sharding_and_training_sections_run(tmp_path):
     assert t["layer_shape"] == [256, 40, 100] and t["layer_gflops_stacked"] > 0
     if hasattr(os, "sched_setaffinity"):  # Linux: the child pinned to one core ran
         assert t["matmul_gflops_one_core"] > 0
+    assert t["seconds_evaluation_per_epoch"] > 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cores > 1:  # the bound for the seeds split over the cores, from the parts measured
+        steps_s = t["seeds"] * t["steps_per_seed"] * t["us_per_seed_step_vmap_bare_sgd"] * 1e-6
+        expect = t["seconds_loop"] / (t["epochs"] * t["seconds_evaluation_per_epoch"]
+                                      + steps_s / cores)
+        assert t["cores"] == cores and t["speedup_bound_all_cores"] == pytest.approx(expect)
+        assert "training_vmap_speedup_bound_all_cores" in res["summary"]
     assert {"training_vmap_2_devices_speedup", "training_vmap_speedup"} <= set(res["summary"])
 
 
