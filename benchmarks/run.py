@@ -466,6 +466,11 @@ print(ceilings.matmul_flops_per_second(int(sys.argv[1])))
 """
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the platform reports one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def one_core_matmul_flops_per_second(size):
     """``ceilings.matmul_flops_per_second`` in a child pinned to one core: the most one
     core does, against which a product that XLA runs on one thread is measured. None where
@@ -538,7 +543,7 @@ def run_training(cfg):
     # only. With the steps split perfectly and the evaluation as on one device:
     out["seconds_evaluation_per_epoch"] = ceilings.evaluation_seconds(model, together.params,
                                                                       data)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     if jax.default_backend() == "cpu" and cores > 1:
         out["cores"] = cores
         out["speedup_bound_all_cores"] = t_loop / (

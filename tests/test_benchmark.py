@@ -66,7 +66,7 @@ def test_quick_sharding_and_training_sections_run(tmp_path):
     if hasattr(os, "sched_setaffinity"):  # Linux: the child pinned to one core ran
         assert t["matmul_gflops_one_core"] > 0
     assert t["seconds_evaluation_per_epoch"] > 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = bench.usable_cores()
     if cores > 1:  # the bound for the seeds split over the cores, from the parts measured
         steps_s = t["seeds"] * t["steps_per_seed"] * t["us_per_seed_step_vmap_bare_sgd"] * 1e-6
         expect = t["seconds_loop"] / (t["epochs"] * t["seconds_evaluation_per_epoch"]
