@@ -10,6 +10,8 @@ section 1). No Gaussian assumption anywhere.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -29,6 +31,15 @@ def floyd_subset(words, n: int):
             t = jnp.where(taken, j, t)
         chosen.append(t)
     return jnp.stack(chosen)
+
+
+def noise_batch_size(batch_size: int, n: int, replace: bool = True) -> float:
+    """b' with Cov[g_B] = C(w) / b': b with replacement, b (n - 1) / (n - b) without (THEORY.md
+    section 1). The batch size to give the SGD's continuous-time model and ``sgdyn.theory``;
+    inf when b = n without replacement (full-batch gradient descent: no noise at all)."""
+    if replace:
+        return float(batch_size)
+    return math.inf if batch_size >= n else batch_size * (n - 1) / (n - batch_size)
 
 
 @pytree_dataclass
@@ -54,6 +65,11 @@ class MinibatchSGD:
     @property
     def dt(self):
         return self.lr
+
+    @property
+    def noise_batch_size(self) -> float:
+        """b' with gradient-noise covariance C(w) / b' (see :func:`noise_batch_size`)."""
+        return noise_batch_size(self.batch_size, self.problem.n, self.replace)
 
     @property
     def noise_spec(self) -> NoiseSpec:

@@ -14,6 +14,7 @@ from . import _checks, theory
 from .build import THEORY_NOISE, make_dynamic, make_landscape
 from .measure import measure_exit_times
 from .regions import Ball, Threshold
+from .sgd import noise_batch_size
 
 
 def theory_noise(cfg: dict) -> tuple[str, dict]:
@@ -24,13 +25,26 @@ def theory_noise(cfg: dict) -> tuple[str, dict]:
     return noise, params
 
 
+def theory_batch_size(cfg: dict) -> float:
+    """The batch size of the run's continuous-time model: for SGD sampling without replacement
+    the noise is smaller by (n - b) / (n - 1), so b(n - 1) / (n - b) (THEORY.md section 1)."""
+    if cfg["dynamics"] != "sgd" or not cfg["without_replacement"]:
+        return cfg["batch_size"]
+    b = noise_batch_size(cfg["batch_size"], cfg["n_examples"], replace=False)
+    if math.isinf(b):
+        raise ValueError(f"batch_size={cfg['batch_size']} without replacement takes all "
+                         f"n_examples={cfg['n_examples']}: full-batch gradient descent has no "
+                         f"noise and never escapes")
+    return b
+
+
 def theory_values(cfg: dict) -> dict:
     """Exact MFPT and the asymptotic formula for the Kramers well (THEORY.md section 4)."""
     if cfg["landscape"] != "kramers":
         return {}
     well = dict(h_min=cfg["h_min"], h_saddle=cfg["h_saddle"], barrier=cfg["barrier"])
     noise, params = theory_noise(cfg)
-    common = dict(lr=cfg["lr"], batch_size=cfg["batch_size"])
+    common = dict(lr=cfg["lr"], batch_size=theory_batch_size(cfg))
     out = {"exact_mean_exit_time": theory.kramers_exit_time(
         **well, **common, noise=noise, to=cfg["to"], n_lengths=cfg["n_lengths"], **params)}
     with warnings.catch_warnings(record=True) as caught:
@@ -57,7 +71,7 @@ def exit_region(cfg: dict, landscape):
         noise, params = theory_noise(cfg)
         n = 0.0 if cfg["to"] == "saddle" else cfg["n_lengths"]
         x = theory.kramers_escape_point(cfg["h_min"], cfg["h_saddle"], cfg["barrier"],
-                                        lr=cfg["lr"], batch_size=cfg["batch_size"],
+                                        lr=cfg["lr"], batch_size=theory_batch_size(cfg),
                                         n_lengths=n, noise=noise, **params)
         return Threshold(x)
     _checks.positive("radius", cfg["radius"])

@@ -231,12 +231,13 @@ def test_sgd_gradient_noise_is_sigma_g_plus_sigma_h_x2(replace):
     sgd = sg.MinibatchSGD.make(problem, lr=0.1, batch_size=b, replace=replace)
     draws = 200000
     words = jax.random.bits(jax.random.key(8), (draws, b), jnp.uint32)
-    factor = 1.0 if replace else (n - b) / (n - 1)
+    # the noise batch size the theory is given: b, or b (n - 1) / (n - b) without replacement
+    assert sgd.noise_batch_size == pytest.approx(b if replace else b * (n - 1) / (n - b))
     for x in (-2.0, -0.5, 0.0, 1.0, 3.0):
         xs = jnp.full((1,), x)
         g = jax.vmap(lambda w: (xs - sgd.step(xs, (w,))) / sgd.lr)(words)[:, 0]
         noise = np.asarray(g - problem.grad(xs)[0], float)
-        expected = factor * (sigma_g + sigma_h * x**2) / b
+        expected = (sigma_g + sigma_h * x**2) / sgd.noise_batch_size
         # standard error of a sample variance: sqrt((m4 - var^2) / draws)
         se = math.sqrt((np.mean(noise**4) - np.var(noise) ** 2) / draws)
         assert abs(np.mean(noise)) < Z999 * math.sqrt(expected / draws)

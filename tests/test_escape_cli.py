@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from sgdyn import theory as th
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "escape_time.py"
 
@@ -42,8 +44,12 @@ def test_escape_time_cli_writes_json_with_theory(tmp_path):
     for key in ("arguments", "mean_exit_time", "ci95", "n_escaped", "n_censored",
                 "exact_mean_exit_time", "asymptotic_mean_exit_time", "provenance"):
         assert key in res
+    # nothing censored: a Student-t interval about the sample mean; an exit from a well this
+    # deep is nearly exponential (sd close to the mean), so its half-width is near 1.96 m / sqrt(n)
+    assert res["method"] == "sample-mean" and res["n_censored"] == 0
     lo, hi = res["ci95"]
-    assert lo < res["mean_exit_time"] < hi
+    assert lo + hi == pytest.approx(2 * res["mean_exit_time"])
+    assert 0.8 < (hi - lo) / 2 / (1.96 * res["mean_exit_time"] / 2000**0.5) < 1.2
     # dt = 0.02 Euler is within 10% of the exact value here (the engine tests are the sharp ones)
     assert res["mean_exit_time"] == pytest.approx(res["exact_mean_exit_time"], rel=0.1)
     assert res["n_escaped"] + res["n_censored"] == 2000
@@ -76,3 +82,29 @@ def test_bad_flags_print_one_line_and_exit_nonzero(args, needle):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr, proc.stderr
+
+
+def test_sgd_without_replacement_is_compared_with_the_theory_of_its_smaller_noise(tmp_path):
+    """Without replacement a batch of b from n has noise C/b times (n - b)/(n - 1): the exact
+    exit time to report is that of batch size b(n - 1)/(n - b) = 19 here, 274.6 against 28.1
+    for b = 10 (the reported value was once the latter, and t_max 20 times it censored many)."""
+    out = tmp_path / "sgd.json"
+    proc = run("--landscape", "kramers", "--h-min", "4", "--h-saddle", "4", "--barrier", "0.3",
+               "--dynamics", "sgd", "--lr", "0.1", "--batch-size", "10", "--n-examples", "20",
+               "--without-replacement", "--sigma-g", "20", "--sigma-h", "40",
+               "--particles", "1000", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out.read_text())
+    exact = th.kramers_exit_time(4, 4, 0.3, lr=0.1, batch_size=19, noise="pld_local",
+                                 sigma_g=20, sigma_h=40)
+    assert res["exact_mean_exit_time"] == pytest.approx(exact, rel=1e-9)
+    assert res["t_max"] == pytest.approx(20 * exact, abs=0.1)  # t_max on the step grid
+    # SGD at dt = lr with 20 examples is not the Gaussian SDE: its mean exit time (about 300
+    # for this data set, 1000 particles: +-6%) lies near the exact value, not 10x away
+    assert 0.8 * exact < res["mean_exit_time"] < 1.5 * exact, res["mean_exit_time"]
+
+
+def test_full_batch_without_replacement_is_rejected(tmp_path):
+    proc = run("--landscape", "kramers", "--dynamics", "sgd", "--lr", "0.1", "--batch-size",
+               "20", "--n-examples", "20", "--without-replacement", "--particles", "10")
+    assert proc.returncode != 0 and "no noise" in proc.stderr
