@@ -20,8 +20,8 @@ SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
 @given(h_min=pos(0.2, 10), h_saddle=pos(0.2, 10), barrier=pos(0.05, 3), ratio=pos(0.5, 40),
        noise=st.sampled_from(["langevin", "hessian", "pld_loss", "pld_local"]),
        kappa=pos(1.6, 500), growth=pos(1.05, 3))
-def test_exact_exit_time_positive_finite_and_monotone_in_barrier(h_min, h_saddle, barrier, ratio,
-                                                                  noise, kappa, growth):
+def test_exact_log_exit_time_finite_and_monotone_in_barrier(h_min, h_saddle, barrier, ratio,
+                                                            noise, kappa, growth):
     lr, b = 0.1, 1
     if noise in ("langevin", "hessian"):
         params = {"sigma2": 2 * b * barrier / (ratio * lr) / (h_min if noise == "hessian" else 1)}
@@ -33,7 +33,6 @@ def test_exact_exit_time_positive_finite_and_monotone_in_barrier(h_min, h_saddle
     low = th.kramers_exit_time(barrier=barrier, **args)
     high = th.kramers_exit_time(barrier=barrier * growth, **args)
     assert math.isfinite(low) and math.isfinite(high)
-    assert math.exp(min(low, 700)) > 0
     assert high > low  # a higher barrier (same noise) always takes longer to climb
 
 
