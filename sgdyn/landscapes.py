@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _checks
 from ._pytree import pytree_dataclass, static_field
@@ -111,6 +112,13 @@ class DoubleWell(Landscape):
     def make(scale=1.0, tilt=0.0) -> "DoubleWell":
         _checks.positive("scale", scale)
         _checks.finite("tilt", tilt)
+        # L' = scale x (x^2 - 1) + tilt has three roots (two wells) only for |tilt| below the
+        # cubic's turning value; beyond it one well is gone and ``minimum`` would not be one
+        limit = 2 * np.asarray(scale, float) / (3 * np.sqrt(3))
+        if not np.all(np.abs(np.asarray(tilt, float)) < limit):
+            raise ValueError(f"tilt must satisfy |tilt| < 2 scale / (3 sqrt(3)) (about "
+                             f"0.385 scale: {np.round(limit, 4).tolist()} here), beyond which one "
+                             f"well vanishes; got tilt={tilt!r}")
         return DoubleWell(jnp.asarray(scale, float), jnp.asarray(tilt, float))
 
     def loss(self, x):
@@ -121,7 +129,7 @@ class DoubleWell(Landscape):
 
     @property
     def minimum(self):
-        # Newton from -1 on scale x (x^2 - 1) + tilt = 0 (a few steps suffice for |tilt| < scale/3)
+        # Newton from -1 on scale x (x^2 - 1) + tilt = 0
         x = -jnp.ones(1)
         for _ in range(8):
             x = x - (self.scale * x * (x**2 - 1) + self.tilt) / (self.scale * (3 * x**2 - 1))

@@ -35,7 +35,9 @@ class ExitResult(NamedTuple):
     estimate: ExitEstimate
 
 
-def _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size):
+def _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size,
+              confidence=0.95):
+    _checks.in_range("confidence", confidence, 0.0, 1.0)  # before the run, not after it
     n_particles = _checks.positive_int("n_particles", n_particles)
     if n_particles >= 2**32:  # particle ids are uint32 (they index the noise streams)
         raise ValueError(f"n_particles must be < 2^32, got {n_particles}")
@@ -50,8 +52,10 @@ def _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size):
     if x0.shape != (dynamic.dim,):
         raise ValueError(f"x0 must have shape ({dynamic.dim},), got {x0.shape}")
     dt = np.asarray(dynamic.dt)
-    if np.any(np.asarray(t_max) / dt >= 2**31 - 1):
-        raise ValueError(f"t_max / dt must be < 2^31 steps, got t_max={t_max}, dt={dt}")
+    # step counts are int32, and a block may run up to ticks_per_block x steps_per_tick steps
+    # (at most 2^30, ensemble._check_block) past t_max before it is censored
+    if np.any(np.asarray(t_max) / dt >= 2**30):
+        raise ValueError(f"t_max / dt must be < 2^30 steps, got t_max={t_max}, dt={dt}")
     if chunk_size is not None:
         _checks.positive_int("chunk_size", chunk_size)
     return n_particles, x0
@@ -81,7 +85,8 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
     With ``checkpoint`` (a folder or ``sgdyn.checkpoint.Checkpoint``) every finished chunk is
     saved, and a re-run with the same arguments resumes from the chunks already done.
     """
-    n_particles, x0 = _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size)
+    n_particles, x0 = _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size,
+                                confidence)
     check_start(region, x0)
     check_options(n_slots, min_bucket)  # before any chunk, even if all come from a checkpoint
     chunk = chunk_size or n_particles
@@ -154,7 +159,7 @@ def sweep_exit_times(key, dynamics, regions, x0, n_particles: int, t_max, *, cor
     if len(x0) != m:
         raise ValueError(f"x0 must be one start or an (m, d) array with m={m}, got {len(x0)}")
     for dyn, reg, x, t in zip(dynamics, regions, x0, t_max):
-        n_particles, x = _validate(dyn, reg, x, n_particles, t, correction, None)
+        n_particles, x = _validate(dyn, reg, x, n_particles, t, correction, None, confidence)
         check_start(reg, x)
     if not vectorized:
         return [result(run_exits(key, dyn, reg, np.atleast_1d(x), 0, n_particles, t,

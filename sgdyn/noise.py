@@ -27,8 +27,13 @@ from ._pytree import pytree_dataclass
 def _shape_factor(shape):
     if shape is None:
         return None
-    shape = jnp.asarray(shape, float)
-    return jnp.linalg.cholesky(shape)
+    m = np.asarray(_checks.finite("shape", shape), float)
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or not np.allclose(m, m.T):
+        raise ValueError(f"shape must be a symmetric square matrix, got {m.tolist()}")
+    eig = np.linalg.eigvalsh(m)
+    if not np.all(eig > 0):  # Cholesky would return NaN, and every particle would diverge
+        raise ValueError(f"shape must be positive-definite, got eigenvalues {eig.tolist()}")
+    return jnp.linalg.cholesky(jnp.asarray(m))
 
 
 def _apply_shape(scale, shape_chol):
@@ -122,6 +127,9 @@ class PLDLoss:
         _checks.positive("sigma_g", sigma_g)
         _checks.nonnegative("sigma_h", sigma_h)
         loss_ref, h_ref = _basin(landscape)
+        if not np.all(np.asarray(h_ref) > 0):
+            raise ValueError(f"PLDLoss needs a positive curvature h_a at the landscape's minimum "
+                             f"(it divides by it), got {np.asarray(h_ref).tolist()}")
         return PLDLoss(jnp.asarray(sigma_g, float), jnp.asarray(sigma_h, float),
                        jnp.asarray(h_ref, float), jnp.asarray(loss_ref, float),
                        _shape_factor(shape))

@@ -36,8 +36,13 @@ class FiniteSum(Landscape):
 
 
 def _centred_with_variance(z: np.ndarray, variance: float) -> np.ndarray:
+    """Rows z_i made exactly centred with covariance (1/n) sum_i z_i z_i' = variance * I."""
     z = z - z.mean(axis=0)
-    return z * np.sqrt(variance / np.mean(z**2, axis=0))
+    if z.shape[1] == 1:
+        return z * np.sqrt(variance / np.mean(z**2, axis=0))
+    # whiten: the sample covariance's inverse square root takes out its cross terms too
+    eig, vec = np.linalg.eigh(z.T @ z / z.shape[0])
+    return z @ (vec * np.sqrt(variance / eig)) @ vec.T
 
 
 @pytree_dataclass
@@ -46,10 +51,11 @@ class SyntheticPLD(FiniteSum):
 
         l_i(w) = L(w) + eps_i . (w - a) + (1/2) delta_i |w - a|^2
 
-    with eps and delta centred over i, Var(eps) = sigma_g (per coordinate), Var(delta) = sigma_H,
-    uncorrelated (exactly, not just in expectation). The mean loss is the base landscape L and the
-    per-example gradient covariance is C(w) = sigma_g I + sigma_H (w - a)(w - a)'; in 1-D
-    C(x) = sigma_g + sigma_H x^2 (THEORY.md section 2).
+    with eps and delta centred over i, Cov(eps) = sigma_g I, Var(delta) = sigma_H, uncorrelated
+    (exactly, not just in expectation: the moments over the n examples, so n >= d + 2). The
+    mean loss is the base landscape L and the per-example gradient covariance is
+    C(w) = sigma_g I + sigma_H (w - a)(w - a)'; in 1-D C(x) = sigma_g + sigma_H x^2 (THEORY.md
+    section 2).
     """
 
     base: object
@@ -62,8 +68,9 @@ class SyntheticPLD(FiniteSum):
         _checks.positive("sigma_g", sigma_g)
         _checks.nonnegative("sigma_h", sigma_h)
         n = _checks.positive_int("n", n)
-        if n < 2:
-            raise ValueError(f"n must be >= 2 for a finite-sum problem with noise, got {n}")
+        if n < base.dim + 2:  # d + 1 centred directions for eps, one more for delta
+            raise ValueError(f"n must be >= dim + 2 = {base.dim + 2} for a finite-sum problem "
+                             f"with this noise, got {n}")
         rng = np.random.default_rng(seed)
         eps = _centred_with_variance(rng.standard_normal((n, base.dim)), sigma_g)
         delta = rng.standard_normal(n)

@@ -76,7 +76,8 @@ def measure_exit_times_sharded(key, dynamic, region, x0, n_particles: int, t_max
 
     The record is bit-identical to the one-device ``measure_exit_times`` with the same key.
     """
-    n_particles, x0 = _validate(dynamic, region, x0, n_particles, t_max, correction, None)
+    n_particles, x0 = _validate(dynamic, region, x0, n_particles, t_max, correction, None,
+                                confidence)
     check_start(region, x0)
     mesh = particle_mesh() if mesh is None else mesh
     return result(run_exits(key, dynamic, region, x0, 0, n_particles, t_max,

@@ -244,6 +244,16 @@ def test_sgd_gradient_noise_is_sigma_g_plus_sigma_h_x2(replace):
         assert abs(np.var(noise) - expected) < Z999 * se, (x, np.var(noise), expected)
 
 
+@pytest.mark.parametrize("dim", [1, 3])
+def test_synthetic_problem_has_exactly_the_local_pld_covariance(dim):
+    sigma_g, sigma_h = 0.7, 1.9
+    problem = sg.SyntheticPLD.make(sg.Quadratic.make(1.5, dim=dim), sigma_g, sigma_h, 10, seed=3)
+    for dx in (np.zeros(dim), np.linspace(-1.0, 2.0, dim)):
+        cov = np.asarray(sg.gradient_noise_covariance(problem, dx), float)
+        exact = sigma_g * np.eye(dim) + sigma_h * np.outer(dx, dx)
+        np.testing.assert_allclose(cov, exact, atol=1e-5 * (1 + np.abs(exact).max()))
+
+
 def test_without_replacement_batches_have_distinct_examples():
     problem = sg.SyntheticPLD.make(sg.Quadratic.make(1.0), 1.0, 1.0, 12, seed=0)
     sgd = sg.MinibatchSGD.make(problem, lr=0.1, batch_size=12, replace=False)
@@ -311,6 +321,17 @@ def test_d_dimensional_landscapes_and_noises_run():
 
 
 # ---------------------------------------------------------------- engine guarantees
+
+@pytest.mark.parametrize("scale", [0.5, 3.0])
+def test_double_well_minimum_is_the_left_well_over_the_whole_tilt_range(scale):
+    limit = 2 * scale / (3 * math.sqrt(3))  # the left well merges with the barrier top here
+    for tilt in np.linspace(-0.99 * limit, 0.99 * limit, 21):
+        well = sg.DoubleWell.make(scale, tilt)
+        x = well.minimum
+        assert float(x[0]) < -1 / math.sqrt(3)  # left of the barrier top
+        assert abs(float(well.grad(x)[0])) < 1e-5 * scale
+        assert float(well.hessian(x)[0, 0]) > 0
+
 
 def _small_run(**kw):
     dyn = sg.EulerMaruyama.make(OU, 0.01)
@@ -717,6 +738,20 @@ def test_divergent_samples_are_flagged_and_nan_from_then_on(increments):
         (lambda: sg.measure_exit_times(jax.random.key(0), sg.EulerMaruyama.make(OU),
                                        sg.Interval.make(-1, 1), [0.0], 0, 1.0), "n_particles"),
         (lambda: sg.MinibatchSGD.make(sg.LeastSquares.generate(10), 0.1, 11), "batch_size"),
+        # beyond |tilt| = 2 scale / (3 sqrt 3) the left well is gone
+        (lambda: sg.DoubleWell.make(1.0, -0.39), "tilt"),
+        (lambda: sg.PLDLocal.make(1.0, 1.0, shape=[[1.0, 2.0], [2.0, 1.0]]), "shape"),
+        (lambda: sg.PLDLoss.make(sg.Quadratic.make(1.0, dim=2), 1.0, 1.0, shape=[[1.0, 0.5]]),
+         "shape"),
+        (lambda: _small_run(confidence=95), "confidence"),  # checked before the run
+        (lambda: sg.measure_exit_times(jax.random.split(jax.random.key(0), 3),
+                                       sg.EulerMaruyama.make(OU), sg.Interval.make(-1, 1), [0.0],
+                                       10, 1.0), "key"),
+        (lambda: sg.measure_exit_times(7, sg.EulerMaruyama.make(OU), sg.Interval.make(-1, 1),
+                                       [0.0], 10, 1.0), "key"),
+        (lambda: sg.measure_exit_times(jax.random.key(0), sg.EulerMaruyama.make(OU, 0.01),
+                                       sg.Interval.make(-1, 1), [0.0], 10, 2**30 * 0.01),
+         "t_max"),
     ],
 )
 def test_bad_arguments_raise_before_compiling(call, name):
