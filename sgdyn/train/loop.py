@@ -50,6 +50,7 @@ class TrainState(NamedTuple):
     diverged: jax.Array  # bool
     diverged_step: jax.Array  # int32, -1 while finite
     step: jax.Array  # int32, steps taken (frozen steps included)
+    noise_key: jax.Array  # the key optimizer_fn(lr, key) is built with, every epoch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +102,8 @@ _select_seeds = jax.vmap(_select)  # one predicate per seed (the leading axis of
 
 
 def _seed_keys(seed):
-    """(init, optimizer noise, loop) keys of one seed; index 3 is reserved (sharpness folds in)."""
-    return jax.random.split(jax.random.key(seed), 4)[:3]
+    """(init, optimizer noise, loop, sharpness) keys of one seed, four independent streams."""
+    return jax.random.split(jax.random.key(seed), 4)
 
 
 # On a CPU the initialisers (Threefry and the truncated normal's inverse erf, under vmap) are
@@ -129,14 +130,15 @@ def _compiled(model, optimizer_fn, batch_size, steps, per_example, weight_scale)
     """Jitted (init, epoch) for one configuration; cached so repeated runs skip compilation."""
 
     def init_one(params, seed, lr):
-        _, k_noise, k_loop = _seed_keys(seed)
+        _, k_noise, k_loop, _ = _seed_keys(seed)
         opt_state = optimizer_fn(lr, k_noise).init(params)
         return TrainState(params, opt_state, k_loop, jnp.array(False), jnp.array(-1, jnp.int32),
-                          jnp.array(0, jnp.int32))
+                          jnp.array(0, jnp.int32), k_noise)
 
     def epoch_one(state, lr, x, y, checked):
-        # update() never reads the construction key (it lives in opt_state), so any key will do
-        opt = optimizer_fn(lr, jax.random.key(0))
+        # rebuilt with the seed's own key: sgdyn's injections keep theirs in opt_state, but a
+        # transformation may also close over the key it is built with
+        opt = optimizer_fn(lr, state.noise_key)
         start = state
         key, k_perm = jax.random.split(state.key)
         order = permutation(k_perm, x.shape[0])[: steps * batch_size]
@@ -171,6 +173,7 @@ def _compiled(model, optimizer_fn, batch_size, steps, per_example, weight_scale)
                 s.diverged | ~ok,
                 jnp.where(~s.diverged & ~ok, s.step, s.diverged_step),
                 s.step + 1,
+                s.noise_key,
             ), loss
 
         state = state._replace(key=key)
@@ -210,7 +213,7 @@ def _evaluators(model, sharpness_iters):
     def sharp(params, seeds, x, y):
         def one(args):
             p, seed = args
-            key = jax.random.fold_in(jax.random.key(seed), 1)  # a stream no training draw uses
+            key = _seed_keys(seed)[3]  # a stream no training draw uses
             return top_hessian_eigenvalue(lambda q: models.mean_loss(model, q, x, y), p, key,
                                           sharpness_iters)
 
@@ -220,7 +223,7 @@ def _evaluators(model, sharpness_iters):
             jax.jit(sharp) if sharpness_iters > 0 else None)
 
 
-def _check_args(data, optimizer_fn, lr, batch_size, epochs, seeds, loss_weight_scale,
+def _check_args(model, data, optimizer_fn, lr, batch_size, epochs, seeds, loss_weight_scale,
                 sharpness_iters, sharpness_examples, per_example_grads):
     if not isinstance(data, Dataset):
         raise TypeError(f"data must be a sgdyn.train.Dataset, got {type(data).__name__}")
@@ -233,8 +236,9 @@ def _check_args(data, optimizer_fn, lr, batch_size, epochs, seeds, loss_weight_s
     _checks.positive_int("epochs", epochs)
     seeds = np.atleast_1d(np.asarray(seeds))
     if (seeds.ndim != 1 or seeds.size == 0 or not np.issubdtype(seeds.dtype, np.integer)
-            or seeds.min() < 0):
-        raise ValueError(f"seeds must be a non-empty list of integers >= 0, got {seeds.tolist()}")
+            or seeds.min() < 0 or seeds.max() >= 2**32):  # uint32: larger ones would wrap
+        raise ValueError(f"seeds must be a non-empty list of integers in [0, 2^32), "
+                         f"got {seeds.tolist()}")
     lr = np.asarray(_checks.positive("lr", lr), np.float32)
     if lr.ndim > 1 or (lr.ndim == 1 and lr.shape != seeds.shape):
         raise ValueError(f"lr must be a number or a list of one per seed ({seeds.size}), "
@@ -250,7 +254,19 @@ def _check_args(data, optimizer_fn, lr, batch_size, epochs, seeds, loss_weight_s
                          f"got {per_example_grads!r}")
     if sharpness_examples is not None:
         _checks.positive_int("sharpness_examples", sharpness_examples)
+    width = _output_width(model, data.x_train.shape[1:])
+    if width != data.num_classes:  # else labels past the logits read as a NaN loss, "diverged"
+        raise ValueError(f"model must output one logit per class: {width} logits against "
+                         f"data.num_classes={data.num_classes} (set the model's num_classes)")
     return seeds.astype(np.uint32), np.array(lr)
+
+
+@functools.lru_cache(maxsize=32)
+def _output_width(model, example_shape):
+    """Logits per example of ``model`` on inputs of ``example_shape`` (shapes only, no FLOPs)."""
+    x = jax.ShapeDtypeStruct((1, *example_shape), jnp.float32)
+    params = jax.eval_shape(model.init, jax.random.key(0), x)
+    return jax.eval_shape(model.apply, params, x).shape[-1]
 
 
 def seed_mesh(devices=None, n_seeds: int | None = None) -> Mesh | None:
@@ -271,10 +287,13 @@ def train(model, data: Dataset, optimizer_fn: OptimizerFn, *, lr, batch_size: in
     """Train ``model`` on ``data`` for ``epochs`` epochs of minibatch steps, all seeds together.
 
     ``optimizer_fn(lr, key)`` builds the Optax transformation (``lr`` may be a tracer; any noise
-    injection takes ``key``); e.g. ``lambda lr, k: optax.chain(add_isotropic_noise(1e-2, k),
-    optax.sgd(lr))``. ``lr``: one value or one per seed. Each update receives ``loss=`` (the
-    unweighted batch loss) and, with ``per_example_grads=True``, ``per_example_grads=`` (an
-    integer m: those of the first m examples of the random batch only, B/m x less memory).
+    injection takes ``key``, each seed's own), e.g. ``def opt(lr, k): return optax.chain(
+    add_isotropic_noise(1e-2, k), optax.sgd(lr))``. Compiled programs are cached per
+    ``optimizer_fn`` object: pass the same function to every call (a fresh lambda each call
+    compiles again, about a second). ``lr``: one value or one per seed. Each update receives
+    ``loss=`` (the unweighted batch loss) and, with ``per_example_grads=True``,
+    ``per_example_grads=`` (an integer m: those of the first m examples of the random batch only,
+    B/m x less memory; an injection built from them then sees a batch of m).
     ``loss_weight_scale`` s > 0 differentiates the reweighted loss (1/B) sum (1 + s z_i) l_i.
     Sharpness uses the first ``sharpness_examples`` training examples (all by default).
     With several devices (and ``shard_seeds``), the seeds are split over them, at most one
@@ -283,8 +302,9 @@ def train(model, data: Dataset, optimizer_fn: OptimizerFn, *, lr, batch_size: in
     On a CPU, give JAX one device per core (``JAX_NUM_CPU_DEVICES``, set before JAX starts)
     to train the seeds in parallel: vmap alone gains little there (see the README).
     """
-    seeds, lr = _check_args(data, optimizer_fn, lr, batch_size, epochs, seeds, loss_weight_scale,
-                            sharpness_iters, sharpness_examples, per_example_grads)
+    seeds, lr = _check_args(model, data, optimizer_fn, lr, batch_size, epochs, seeds,
+                            loss_weight_scale, sharpness_iters, sharpness_examples,
+                            per_example_grads)
     n_seeds = seeds.size
     mesh = seed_mesh(n_seeds=n_seeds) if shard_seeds else None
     if mesh is not None:  # pad with copies of the last seed to a multiple of the device count
