@@ -127,11 +127,20 @@ def test_theory_md_sharp_versus_flat_table():
         assert p == pytest.approx(pld, rel=0.05) and g == pytest.approx(lang, rel=0.05)
 
 
-def test_pld_sigma_h_to_zero_tends_to_kramers():
+@pytest.mark.parametrize("sigma_h", [1e-7, 1e-10, 1e-14])
+def test_pld_sigma_h_to_zero_tends_to_kramers_and_the_gaussian(sigma_h):
+    """kappa ~ 2e6 .. 2e13: the formulas must not lose their digits to lgamma cancellation."""
     h, barrier, lr, b, sigma_g = 2.0, 1.0, 0.1, 1, 2.0  # T = 0.1, barrier/T = 10
     kr = th.langevin_escape_time(h, h, barrier, lr=lr, batch_size=b, sigma2=sigma_g)
-    pld = th.pld_escape_time(h, h, barrier, lr=lr, batch_size=b, sigma_g=sigma_g, sigma_h=1e-7)
+    pld = th.pld_escape_time(h, h, barrier, lr=lr, batch_size=b, sigma_g=sigma_g,
+                             sigma_h=sigma_h)
     assert pld == pytest.approx(kr, rel=1e-4)
+    # the stationary density tends to the Gibbs one, N(0, T/h)
+    temperature = th.langevin_temperature(lr, b, sigma_g)
+    gauss = stats.norm(scale=math.sqrt(temperature / h)).pdf
+    for x in (0.0, 0.2, 0.5):
+        p = th.pld_stationary_density(x, h, lr, b, sigma_g, sigma_h)
+        assert p == pytest.approx(gauss(x), rel=1e-4)
 
 
 def test_mori_et_al_special_case_exponent():
@@ -142,10 +151,17 @@ def test_mori_et_al_special_case_exponent():
         return th.pld_escape_time(h, h, barrier, lr=lr, batch_size=b,
                                   sigma_g=2 * h * loss_at_min, sigma_h=h**2, log=True)
 
+    def exact(loss_at_min):
+        return th.kramers_exit_time(h, h, barrier, lr=lr, batch_size=b, noise="pld_loss",
+                                    sigma_g=2 * h * loss_at_min, sigma_h=h**2, log=True)
+
     l1, l2 = 0.1, 0.2
     ratio1, ratio2 = (l1 + barrier) / l1, (l2 + barrier) / l2
     slope = (tau(l1) - tau(l2)) / (math.log(ratio1) - math.log(ratio2))
-    assert slope == pytest.approx(0.5 + b / (lr * h), rel=1e-12)
+    assert slope == pytest.approx(0.5 + b / (lr * h), rel=1e-12)  # the formula's algebra
+    # and the exact quadrature, which shares nothing with the formula (measured 20.4999999)
+    slope = (exact(l1) - exact(l2)) / (math.log(ratio1) - math.log(ratio2))
+    assert slope == pytest.approx(0.5 + b / (lr * h), rel=1e-6)
 
 
 def test_pld_density_is_the_student_t_it_claims_and_integrates_to_one():

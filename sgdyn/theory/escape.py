@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import _checks
 from .mfpt import log_mean_exit_time
-from .stationary import langevin_temperature, pld_kappa, warn_if
+from .stationary import langevin_temperature, log_gamma_ratio, pld_kappa, warn_if
 from .wells import kramers_geometry, kramers_grad, kramers_loss
 
 NOISES = ("langevin", "hessian", "pld_loss", "pld_local")
@@ -140,7 +140,7 @@ def pld_escape_time(h_min, h_saddle, barrier, *, lr, batch_size, sigma_g, sigma_
     log_tau = (
         math.log(2 * math.pi)
         + 0.5 * math.log(batch_size / (lr * sigma_h * h_saddle))
-        + math.lgamma(kappa - 0.5) - math.lgamma(kappa)
+        + log_gamma_ratio(kappa)
         + (kappa - 0.5) * math.log1p(q)
     )
     return log_tau if log else _exp_or_raise(log_tau)

@@ -17,7 +17,7 @@ import math
 import warnings
 
 import numpy as np
-from scipy import integrate, stats
+from scipy import integrate, special, stats
 
 from .. import _checks
 
@@ -39,6 +39,15 @@ def pld_kappa(h, lr, batch_size, sigma_h):
     return 1 + batch_size * h / (lr * sigma_h)
 
 
+def log_gamma_ratio(kappa):
+    """log Gamma(kappa - 1/2) / Gamma(kappa), accurate for any kappa > 1/2.
+
+    As log B(kappa - 1/2, 1/2) - log sqrt(pi): the difference of two lgamma values loses every
+    digit at large kappa (the sigma_H -> 0 limit: 1/pi instead of 1 at kappa ~ 1e14).
+    """
+    return float(special.betaln(kappa - 0.5, 0.5)) - 0.5 * math.log(math.pi)
+
+
 def pld_tail_index(h, lr, batch_size, sigma_h):
     """nu = 2 kappa - 1 = 1 + 2 b h/(lr sigma_H): P(|X| > x) ~ x^(-nu) in 1-D."""
     return 2 * pld_kappa(h, lr, batch_size, sigma_h) - 1
@@ -58,7 +67,7 @@ def pld_stationary_density(x, h, lr, batch_size, sigma_g, sigma_h):
     _checks.positive("sigma_g", sigma_g)
     ratio = sigma_h / sigma_g
     # normaliser of (1 + ratio x^2)^(-kappa): sqrt(pi/ratio) Gamma(kappa - 1/2) / Gamma(kappa)
-    log_z = 0.5 * math.log(math.pi / ratio) + math.lgamma(kappa - 0.5) - math.lgamma(kappa)
+    log_z = 0.5 * math.log(math.pi / ratio) + log_gamma_ratio(kappa)
     x = np.asarray(x, float)
     return np.exp(-kappa * np.log1p(ratio * x**2) - log_z)
 
