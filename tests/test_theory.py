@@ -187,6 +187,17 @@ def test_gibbs_density_normalised():
     assert g(0.3) == pytest.approx(stats.norm(scale=math.sqrt(0.2 / 3.0)).pdf(0.3), rel=1e-8)
 
 
+@pytest.mark.parametrize("centre, temperature", [(80.0, 1.0), (10.0, 1e-3), (-3e3, 0.5)])
+def test_gibbs_density_of_a_narrow_or_distant_well(centre, temperature):
+    """Once 3e101 at the centre (minimum outside the search grid) or 'not integrable' (a peak
+    narrower than the quadrature's first nodes)."""
+    g = th.gibbs_density(lambda x: 0.5 * (np.asarray(x) - centre) ** 2, temperature)
+    gauss = stats.norm(loc=centre, scale=math.sqrt(temperature))
+    for dx in (0.0, 0.5, -1.0):
+        x = centre + dx * math.sqrt(temperature)
+        assert g(x) == pytest.approx(gauss.pdf(x), rel=1e-8)
+
+
 def test_ergodicity_condition():
     h, b, sh = 1.0, 1, 2.0
     lr_max = th.pld_max_lr(h, b, sh, dim=10)

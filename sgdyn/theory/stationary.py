@@ -17,7 +17,7 @@ import math
 import warnings
 
 import numpy as np
-from scipy import integrate, special, stats
+from scipy import integrate, optimize, special, stats
 
 from .. import _checks
 
@@ -103,15 +103,45 @@ def check_pld_normalizable(kappa, dim):
 def gibbs_density(loss, temperature, *, support=(-np.inf, np.inf), points=None):
     """Normalised Gibbs density x -> exp(-L(x)/T)/Z in 1-D (Z by adaptive quadrature).
 
-    ``loss`` is vectorised over numpy arrays; returns a callable density.
+    ``loss`` is vectorised over numpy arrays; returns a callable density. The quadrature is
+    anchored at the global minimum m (a grid over the support within [-50, 50], then a
+    downhill search that may leave it): [m - 20 w, m + 20 w] with w = sqrt(T / L''(m)) the
+    peak's width, then the two tails. Other narrow wells far from m: pass them in ``points``.
     """
     _checks.positive("temperature", temperature)
     lo, hi = support
     if not lo < hi:
         raise ValueError(f"support must satisfy low < high, got {support}")
-    shift = float(np.min(loss(np.linspace(max(lo, -50), min(hi, 50), 20001))))
-    z, _ = integrate.quad(lambda x: math.exp(-(loss(x) - shift) / temperature), lo, hi,
-                          points=points, limit=500, epsabs=0, epsrel=1e-11)
+
+    def on_support(x):
+        return float(loss(x)) if lo <= x <= hi else math.inf
+
+    grid = np.linspace(max(lo, -50.0), min(hi, 50.0), 20001)
+    i = int(np.argmin(loss(grid)))
+    step = grid[1] - grid[0]
+    # downhill from the best grid point (Brent, bracketing outward as far as the loss falls)
+    res = optimize.minimize_scalar(on_support, bracket=(grid[i] - step, grid[i]))
+    m = float(res.x) if math.isfinite(res.fun) and res.fun <= loss(grid[i]) else float(grid[i])
+    shift = on_support(m)
+    d = 1e-4 * max(1.0, abs(m))
+    curvature = (on_support(m + d) - 2 * shift + on_support(m - d)) / d**2
+    w = math.sqrt(temperature / curvature) if math.isfinite(curvature) and curvature > 0 else 1.0
+    a, b = max(lo, m - 20 * w), min(hi, m + 20 * w)
+    pts = sorted({m, *(p for p in (points or ()) if a < p < b)} - {a, b})
+
+    def weight(x):
+        return math.exp(-(loss(x) - shift) / temperature)
+
+    def piece(u, v, pts=None):
+        if not u < v:
+            return 0.0
+        return integrate.quad(weight, u, v, points=pts or None, limit=500, epsabs=0,
+                              epsrel=1e-11)[0]
+
+    tails = [(lo, a, [p for p in (points or ()) if lo < p < a]),
+             (b, hi, [p for p in (points or ()) if b < p < hi])]
+    z = piece(a, b, pts) + sum(piece(u, v, p if math.isfinite(u) and math.isfinite(v) else None)
+                               for u, v, p in tails)
     if not (z > 0 and math.isfinite(z)):
         raise ValueError("exp(-L/T) is not integrable on the given support")
 
