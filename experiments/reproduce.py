@@ -1,7 +1,7 @@
 """Regenerate every figure in figures/ from nothing: the four theory experiments (sharp_flat,
 barrier, tails, discretization) and the large-batch training experiment.
 
-    python experiments/reproduce.py            # full run -> figures/*.png + *.json (~15-20 min)
+    python experiments/reproduce.py            # full run -> figures/*.png + *.json (~4 min on 2 cores)
     python experiments/reproduce.py --quick    # everything small -> results/reproduce_quick/
 
 Each figure gets a JSON beside it with the plotted numbers, flags, seeds, package versions and
@@ -52,6 +52,9 @@ def main(argv=None) -> dict:
     ns = p.parse_args(argv)
     skip = _names(ns.skip)
     names = [n for n in _names(ns.only) if n not in skip]
+    if not names:
+        raise ValueError(f"nothing to run: --only {ns.only!r} less --skip {ns.skip!r} leaves no "
+                         f"experiment")
     out = Path(ns.out) if ns.out else (ROOT / "results" / "reproduce_quick" if ns.quick
                                        else ROOT / "figures")
     t0 = time.perf_counter()

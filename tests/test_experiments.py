@@ -116,6 +116,14 @@ def test_discretization_points_and_stability(quick):
     ("tails", ["--bogus"], "bogus"),
     ("discretization", ["--particles", "many"], "particles"),
     ("reproduce", ["--only", "nonsense"], "nonsense"),
+    ("reproduce", ["--only", "sharp_flat", "--skip", "sharp_flat"], "nothing to run"),
+    # degenerate sizes: once a null slope with r2 = 1, or a numpy error naming no flag
+    ("sharp_flat", ["--quick", "--h-values", "1"], "h-values"),
+    ("barrier", ["--quick", "--barriers", "1,1,1"], "barriers"),
+    ("tails", ["--quick", "--particles", "2", "--samples", "2"], "particles"),
+    ("tails", ["--quick", "--ergodic-particles", "1"], "ergodic-particles"),
+    ("sharp_flat", ["--quick", "--data-seed", "-5"], "data-seed"),
+    ("barrier", ["--quick", "--seed", str(10**23)], "seed"),
 ])
 def test_bad_flags_print_one_line_and_exit_nonzero(script, argv, word, capsys):
     from sgdyn.cli import run_main

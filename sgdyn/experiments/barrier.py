@@ -50,8 +50,7 @@ def validate(cfg):
                           "n_lengths", "t_max_factor")
     common.check_int(cfg, "batch_size", "particles", "substeps", "max_steps", "min_bucket")
     common.check_int(cfg, "curve_points", minimum=2)
-    if len(cfg["barriers"]) < 3:
-        raise ValueError("--barriers needs at least 3 values (to tell a line from a curve)")
+    common.check_distinct(cfg, "barriers", 3, "to tell a line from a curve")
 
 
 def n_stages(cfg):

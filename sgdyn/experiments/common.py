@@ -76,6 +76,22 @@ def check_int(cfg: dict, *names, minimum: int = 1) -> None:
             raise ValueError(f"{_flag(name)} must be an integer >= {minimum}, got {cfg[name]!r}")
 
 
+def check_distinct(cfg: dict, name: str, count: int, why: str) -> None:
+    if len(set(cfg[name])) < count:
+        raise ValueError(f"{_flag(name)} needs at least {count} distinct values ({why}), "
+                         f"got {cfg[name]!r}")
+
+
+SEED_FLAGS = ("seed", "data_seed")
+
+
+def check_seeds(cfg: dict) -> None:
+    """Seeds become uint32 keys (and numpy generator seeds): integers in [0, 2^32)."""
+    for name in SEED_FLAGS:
+        if name in cfg and not 0 <= int(cfg[name]) < 2**32:
+            raise ValueError(f"{_flag(name)} must be an integer in [0, 2^32), got {cfg[name]!r}")
+
+
 # ------------------------------------------------------------------------- running a module
 
 
@@ -86,6 +102,7 @@ def script_main(name: str, argv=None, doc: str | None = None) -> dict:
                           prog=f"{name}.py")
     ns = parser.parse_args(argv)
     cfg = resolve(ns, mod.FULL, mod.QUICK)
+    check_seeds(cfg)
     mod.validate(cfg)
     out = Path(ns.out) if ns.out else (ROOT / "results" / f"{name}_quick" if ns.quick
                                        else ROOT / "figures")
@@ -142,6 +159,8 @@ def proportion_ci(k: int, n: int, confidence: float = 0.95) -> list:
 def linear_fit(x, y, w=None) -> dict:
     """Weighted least squares y = a + b x: slope, intercept, R^2, rms residual."""
     x, y = np.asarray(x, float), np.asarray(y, float)
+    if np.unique(x).size < 2:  # no slope: the experiments check their flags against this
+        raise ValueError(f"a line needs at least 2 distinct x values, got {x.tolist()}")
     w = np.ones_like(x) if w is None else np.asarray(w, float)
     xm, ym = np.sum(w * x) / w.sum(), np.sum(w * y) / w.sum()
     slope = np.sum(w * (x - xm) * (y - ym)) / np.sum(w * (x - xm) ** 2)

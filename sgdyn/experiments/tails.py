@@ -73,8 +73,8 @@ def validate(cfg):
     common.check_positive(cfg, "lrs", "batch_sizes", "h", "sigma_g", "sigma_h", "burn_in_time",
                           "thin_time", "k_frac", "show_lr", "ergodic_sigma_h", "ergodic_ratios",
                           "ergodic_time", "r_far")
-    common.check_int(cfg, "particles", "samples", "pld_substeps", "ergodic_substeps",
-                     "ergodic_particles")
+    common.check_int(cfg, "particles", "samples", "pld_substeps", "ergodic_substeps")
+    common.check_int(cfg, "ergodic_particles", minimum=2)  # a spread needs two
     common.check_int(cfg, "n_examples", minimum=2)
     common.check_int(cfg, "dim", minimum=3)
     common.check_int(cfg, "ergodic_samples", minimum=4)
@@ -83,6 +83,9 @@ def validate(cfg):
             raise ValueError(f"--batch-sizes must be integers <= --n-examples, got {b}")
     if not cfg["k_frac"] < 0.5:
         raise ValueError(f"--k-frac must be < 0.5, got {cfg['k_frac']}")
+    if cfg["particles"] * cfg["samples"] < 40:  # Hill takes the k >= 10 largest of them
+        raise ValueError(f"--particles x --samples must be >= 40 for the Hill estimator, got "
+                         f"{cfg['particles']} x {cfg['samples']}")
     if cfg["show_lr"] not in cfg["lrs"]:
         raise ValueError(f"--show-lr must be one of --lrs {cfg['lrs']}, got {cfg['show_lr']}")
 
