@@ -43,6 +43,9 @@ def make_dynamic(name, landscape, *, lr, batch_size, sigma2=1.0, sigma_g=1.0, si
     """A dynamic (``EulerMaruyama`` of the SGD-like SDE, or ``MinibatchSGD``) by name."""
     _checks.choice("dynamics", name, DYNAMICS)
     if name == "sgd":
+        if increments != "gaussian":  # SGD draws examples, not Gaussian increments
+            raise ValueError(f"increments applies to the SDE dynamics, not dynamics='sgd', got "
+                             f"increments={increments!r}")
         if dt is not None and float(dt) != float(lr):
             raise ValueError(f"dt must equal lr for dynamics='sgd' (one step per update), got "
                              f"dt={dt}, lr={lr}")

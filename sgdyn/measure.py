@@ -24,8 +24,8 @@ from . import _checks
 from .checkpoint import Checkpoint, fingerprint
 from .ensemble import ExitRecord, simulate_exits, simulate_samples
 from .estimators import ExitEstimate, exit_time_estimate
-from .regions import CORRECTIONS, check_start
-from .runner import check_options, run_exits
+from .regions import CORRECTIONS, check_dim, check_start
+from .runner import check_options, default_slots, run_exits
 
 _STATIC = ("n_particles", "correction", "ticks_per_block")
 
@@ -41,6 +41,8 @@ def _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size,
     n_particles = _checks.positive_int("n_particles", n_particles)
     if n_particles >= 2**32:  # particle ids are uint32 (they index the noise streams)
         raise ValueError(f"n_particles must be < 2^32, got {n_particles}")
+    if np.ndim(t_max) != 0:
+        raise ValueError(f"t_max must be one number, got shape {np.shape(t_max)}")
     _checks.positive("t_max", t_max)
     if correction not in CORRECTIONS:
         raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
@@ -51,6 +53,7 @@ def _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size,
     x0 = np.atleast_1d(np.asarray(x0, float))
     if x0.shape != (dynamic.dim,):
         raise ValueError(f"x0 must have shape ({dynamic.dim},), got {x0.shape}")
+    check_dim(region, dynamic.dim)
     dt = np.asarray(dynamic.dt)
     # step counts are int32, and a block may run up to ticks_per_block x steps_per_tick steps
     # (at most 2^30, ensemble._check_block) past t_max before it is censored
@@ -83,13 +86,17 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
     time, and moves to the full array only once it proves long (``sgdyn.runner``, first tier;
     not when ``n_slots`` is given).
     With ``checkpoint`` (a folder or ``sgdyn.checkpoint.Checkpoint``) every finished chunk is
-    saved, and a re-run with the same arguments resumes from the chunks already done.
+    saved, and a re-run with the same arguments resumes from the chunks already done; without
+    ``chunk_size`` it then takes chunks of max(n_particles / 8, default slots), so that a killed
+    run keeps most of its work.
     """
     n_particles, x0 = _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size,
                                 confidence)
     check_start(region, x0)
     check_options(n_slots, min_bucket)  # before any chunk, even if all come from a checkpoint
     chunk = chunk_size or n_particles
+    if checkpoint is not None and chunk_size is None:
+        chunk = max(-(-n_particles // 8), n_slots or default_slots())
     if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
         checkpoint = Checkpoint(checkpoint)
     parts = []

@@ -44,6 +44,9 @@ class Halfspace:
 def Threshold(level, dim: int = 1, axis: int = 0) -> Halfspace:
     """Exit when x[axis] >= level (e.g. a point past the saddle)."""
     _checks.finite("level", level)
+    dim = _checks.positive_int("dim", dim)
+    if not (isinstance(axis, (int, np.integer)) and 0 <= axis < dim):
+        raise ValueError(f"axis must be an integer in [0, {dim}), got {axis!r}")
     # built in numpy: eager jnp ops would each compile a tiny XLA program on first use
     direction = np.eye(dim, dtype=jax.dtypes.canonicalize_dtype(float))[axis]
     return Halfspace(jax.device_put(direction), jnp.asarray(level, float))
@@ -92,6 +95,18 @@ class Interval:
     def normal(self, x):
         upper = self.high - x[0] < x[0] - self.low
         return jnp.where(upper, 1.0, -1.0)[None]
+
+
+def check_dim(region, dim: int) -> None:
+    """The built-in regions must match the dynamic's dimension (else they would read x[0] or
+    broadcast silently)."""
+    if isinstance(region, Interval) and dim != 1:
+        raise ValueError(f"region: an Interval is 1-D, the dynamic has dim={dim}; use "
+                         f"Ball.make(center, r) or Threshold(level, dim={dim}, axis=...)")
+    vec = {Ball: "center", Halfspace: "direction"}.get(type(region))
+    if vec is not None and np.shape(getattr(region, vec))[-1:] != (dim,):
+        raise ValueError(f"region: its {vec} has shape {np.shape(getattr(region, vec))}, the "
+                         f"dynamic has dim={dim}")
 
 
 @jax.jit

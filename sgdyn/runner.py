@@ -248,7 +248,8 @@ def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction
     # on an accelerator a step over fewer slots costs no less (it is bound by launches, not
     # arithmetic): there the stragglers are packed once, as every extra size costs a compile
     pack_into = pack_sizes(per_dev, min_bucket, None if on_cpu else 1) if pack else ()
-    options = (correction, int(ticks_per_block), float(divergence_bound))
+    options = (correction, _checks.positive_int("ticks_per_block", ticks_per_block),
+               float(divergence_bound))
     advance = _advance_fn(mesh, *options, pack_into)
     args = (key, dynamic, region, x0, np.int32(n_steps))
 
