@@ -57,7 +57,7 @@ METRICS = ("test_acc", "train_acc", "gap", "sharpness", "test_loss", "train_loss
 FULL = dict(dataset="mnist1d", data_path=None, num_samples=5000, model="mlp", width=100, depth=2,
             epochs=600, lr=0.3, momentum=0.0, small_batch=32, large_batch=1024, seeds=5, seed=0,
             iso_scale=None, pld_sigma_g=None, pld_sigma_h=None, pld_loss_ref=0.0,
-            reweight_scale=None, fisher_examples=256, sharpness_iters=20, sharpness_examples=1000,
+            reweight_scale=None, fisher_examples=256, sharpness_iters=100, sharpness_examples=1000,
             methods=",".join(METHODS), out=str(ROOT / "figures"))
 QUICK = dict(FULL, num_samples=1000, epochs=15, small_batch=50, large_batch=400, width=64,
              fisher_examples=64, sharpness_iters=8, sharpness_examples=400,

@@ -114,8 +114,9 @@ def test_reweighted_loss_gradient_covariance_is_sgd_structure():
 def test_loss_weights_moments_and_determinism():
     w = loss_weights(jax.random.key(0), 50000, 0.5)
     assert w.shape == (50000,)
-    # mean 1, sd 0.5: 5 standard errors
+    # mean 1, sd 0.5: 5 standard errors each (the sd of a normal sample's sd is sd/sqrt(2n))
     assert abs(float(w.mean()) - 1) < 5 * 0.5 / np.sqrt(50000)
+    assert abs(float(w.std()) - 0.5) < 5 * 0.5 / np.sqrt(2 * 50000)
     assert np.array_equal(w, loss_weights(jax.random.key(0), 50000, 0.5))
     assert np.array_equal(w, loss_weights(0, 50000, 0.5))  # int seeds accepted, as in optax
 

@@ -282,7 +282,7 @@ def seed_mesh(devices=None, n_seeds: int | None = None) -> Mesh | None:
 
 def train(model, data: Dataset, optimizer_fn: OptimizerFn, *, lr, batch_size: int, epochs: int,
           seeds: Sequence[int] = (0,), per_example_grads: bool | int = False,
-          loss_weight_scale: float = 0.0, sharpness_iters: int = 20,
+          loss_weight_scale: float = 0.0, sharpness_iters: int = 100,
           sharpness_examples: int | None = None, shard_seeds: bool = True) -> TrainResult:
     """Train ``model`` on ``data`` for ``epochs`` epochs of minibatch steps, all seeds together.
 
