@@ -30,8 +30,8 @@ and epochs for every method.
   b=2000, lr 0.3, 300 epochs: train 0.824 -- under-fits, so not a fair comparison
   b=2000, lr 1.0, 300 epochs: train 1.000, test 0.656 ± 0.010 (but lr differs from b=32's)
   b=1024, lr 0.3, 600 epochs: train 1.000, test 0.628 ± 0.012 vs b=32: 0.689 ± 0.010  <- chosen
-The full run takes about 2.5 minutes (141 s measured; most of it the 600 small-batch epochs and
-the Fisher injection's per-example gradients).
+The full run takes about 2.5 minutes (130-148 s measured; most of it the 600 small-batch epochs
+and the Fisher injection's per-example gradients).
 """
 
 from __future__ import annotations
