@@ -5,7 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
-from scipy import integrate, stats
+from scipy import integrate, special, stats
 
 from sgdyn import theory as th
 
@@ -185,6 +185,31 @@ def test_gibbs_density_normalised():
     # for a quadratic loss it is the Gaussian of variance T/h
     g = th.gibbs_density(lambda x: 1.5 * np.asarray(x) ** 2, 0.2)
     assert g(0.3) == pytest.approx(stats.norm(scale=math.sqrt(0.2 / 3.0)).pdf(0.3), rel=1e-8)
+
+
+def _gibbs_cases():
+    x = lambda v: np.asarray(v, float)  # noqa: E731
+    two_wells = lambda c: lambda v: np.minimum(x(v) ** 2 / 2, 1e4 * (x(v) - c) ** 2 / 2)  # noqa
+    z_two = math.sqrt(2 * math.pi) * (1 + 1e-2)
+    return {  # loss, T, keyword arguments, (x, exact density)
+        "flat x^4": (lambda v: x(v) ** 4, 1.0, {}, (0.0, 1 / (2 * special.gamma(1.25)))),
+        "flat x^6, cold": (lambda v: x(v) ** 6, 1e-2, {},
+                           (0.0, 1 / (2 * special.gamma(7 / 6) * 1e-2 ** (1 / 6)))),
+        "kink |x|": (lambda v: np.abs(x(v)), 1e-3, {}, (1e-3, 500 * math.exp(-1))),
+        "one-sided": (lambda v: x(v), 1.0, {"support": (0.0, np.inf)}, (2.0, math.exp(-2))),
+        "narrow well in the right tail": (two_wells(30.0), 1.0, {"points": [30.0]},
+                                          (0.0, 1 / z_two)),
+        "narrow well in the left tail": (two_wells(-30.0), 1.0, {"points": [-30.0]},
+                                         (0.0, 1 / z_two)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_gibbs_cases()))
+def test_gibbs_density_of_flat_kinked_one_sided_and_two_well_losses(case):
+    """x^4 once gave 'not integrable' (a curvature-based window far too wide), and a point in
+    an infinite tail was dropped (1% off)."""
+    loss, temperature, kw, (x, exact) = _gibbs_cases()[case]
+    assert th.gibbs_density(loss, temperature, **kw)(x) == pytest.approx(exact, rel=1e-8)
 
 
 @pytest.mark.parametrize("centre, temperature", [(80.0, 1.0), (10.0, 1e-3), (-3e3, 0.5)])

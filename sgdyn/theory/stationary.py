@@ -105,13 +105,15 @@ def gibbs_density(loss, temperature, *, support=(-np.inf, np.inf), points=None):
 
     ``loss`` is vectorised over numpy arrays; returns a callable density. The quadrature is
     anchored at the global minimum m (a grid over the support within [-50, 50], then a
-    downhill search that may leave it): [m - 20 w, m + 20 w] with w = sqrt(T / L''(m)) the
-    peak's width, then the two tails. Other narrow wells far from m: pass them in ``points``.
+    downhill search that may leave it): a window of 20 widths on each side, a width being
+    where L first rises by T above L(m), then the two tails. Other narrow wells far from m:
+    pass them in ``points`` (in a tail too).
     """
     _checks.positive("temperature", temperature)
     lo, hi = support
     if not lo < hi:
         raise ValueError(f"support must satisfy low < high, got {support}")
+    points = sorted(float(p) for p in (points or ()))
 
     def on_support(x):
         return float(loss(x)) if lo <= x <= hi else math.inf
@@ -123,25 +125,34 @@ def gibbs_density(loss, temperature, *, support=(-np.inf, np.inf), points=None):
     res = optimize.minimize_scalar(on_support, bracket=(grid[i] - step, grid[i]))
     m = float(res.x) if math.isfinite(res.fun) and res.fun <= loss(grid[i]) else float(grid[i])
     shift = on_support(m)
-    d = 1e-4 * max(1.0, abs(m))
-    curvature = (on_support(m + d) - 2 * shift + on_support(m - d)) / d**2
-    w = math.sqrt(temperature / curvature) if math.isfinite(curvature) and curvature > 0 else 1.0
-    a, b = max(lo, m - 20 * w), min(hi, m + 20 * w)
-    pts = sorted({m, *(p for p in (points or ()) if a < p < b)} - {a, b})
+
+    def width(sign):
+        # the level set L = L(m) + T, by doubling: no curvature needed (flat or kinked minima)
+        s = 1e-9 * max(1.0, abs(m))
+        while s < 1e12 and on_support(m + sign * s) - shift < temperature:
+            if not lo <= m + sign * 2 * s <= hi:
+                return s
+            s *= 2
+        return s
+
+    a, b = max(lo, m - 20 * width(-1)), min(hi, m + 20 * width(1))
 
     def weight(x):
         return math.exp(-(loss(x) - shift) / temperature)
 
-    def piece(u, v, pts=None):
+    def piece(u, v):
+        """Integral over (u, v), split at the given points so quad cannot step over a well."""
+        inner = [p for p in points if u < p < v]
+        if math.isinf(u) and inner:  # quad takes no points on an infinite range
+            return piece(u, inner[0]) + piece(inner[0], v)
+        if math.isinf(v) and inner:
+            return piece(u, inner[-1]) + piece(inner[-1], v)
         if not u < v:
             return 0.0
-        return integrate.quad(weight, u, v, points=pts or None, limit=500, epsabs=0,
+        return integrate.quad(weight, u, v, points=inner or None, limit=500, epsabs=0,
                               epsrel=1e-11)[0]
 
-    tails = [(lo, a, [p for p in (points or ()) if lo < p < a]),
-             (b, hi, [p for p in (points or ()) if b < p < hi])]
-    z = piece(a, b, pts) + sum(piece(u, v, p if math.isfinite(u) and math.isfinite(v) else None)
-                               for u, v, p in tails)
+    z = piece(lo, a) + piece(a, m) + piece(m, b) + piece(b, hi)
     if not (z > 0 and math.isfinite(z)):
         raise ValueError("exp(-L/T) is not integrable on the given support")
 
