@@ -25,9 +25,10 @@ from .checkpoint import Checkpoint, fingerprint
 from .ensemble import ExitRecord, simulate_exits, simulate_samples
 from .estimators import ExitEstimate, exit_time_estimate
 from .regions import CORRECTIONS, check_dim, check_start
-from .runner import check_options, default_slots, run_exits
+from .runner import check_options, run_exits
 
 _STATIC = ("n_particles", "correction", "ticks_per_block")
+CHECKPOINT_MIN_CHUNK = 2**14  # particles per checkpointed chunk at least (a CPU's slot count)
 
 
 class ExitResult(NamedTuple):
@@ -87,18 +88,23 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
     not when ``n_slots`` is given).
     With ``checkpoint`` (a folder or ``sgdyn.checkpoint.Checkpoint``) every finished chunk is
     saved, and a re-run with the same arguments resumes from the chunks already done; without
-    ``chunk_size`` it then takes chunks of max(n_particles / 8, default slots), so that a killed
-    run keeps most of its work.
+    ``chunk_size`` it then takes chunks of max(n_particles / 8, 16384) (set by n_particles
+    alone, so a resume on another backend or slot count finds them), and a killed run keeps
+    most of its work.
     """
     n_particles, x0 = _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size,
                                 confidence)
     check_start(region, x0)
     check_options(n_slots, min_bucket)  # before any chunk, even if all come from a checkpoint
     chunk = chunk_size or n_particles
-    if checkpoint is not None and chunk_size is None:
-        chunk = max(-(-n_particles // 8), n_slots or default_slots())
     if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
         checkpoint = Checkpoint(checkpoint)
+    if checkpoint is not None and chunk_size is None:
+        whole = fingerprint(key, dynamic, region, x0, float(t_max), str(correction), 0,
+                            n_particles)
+        # a whole run saved as one chunk (as before chunking by default) is still reused
+        if checkpoint.load(whole) is None:
+            chunk = max(-(-n_particles // 8), CHECKPOINT_MIN_CHUNK)
     parts = []
     for first in range(0, n_particles, chunk):
         n = min(chunk, n_particles - first)

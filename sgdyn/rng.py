@@ -55,15 +55,16 @@ class NoiseSpec(NamedTuple):
 
 def key_words(key) -> tuple[jax.Array, jax.Array]:
     """The two uint32 words of a JAX key (new-style typed or legacy uint32[2])."""
-    typed = jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key)
-    data = jax.random.key_data(key) if typed else jnp.asarray(key)
-    if data.shape != (2,) or not (typed or data.dtype == jnp.uint32):
+    dtype = getattr(key, "dtype", None)
+    typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+    data = jax.random.key_data(key) if typed else key
+    if np.shape(data) != (2,) or not (typed or dtype == np.uint32):
         # a batch of keys, an integer seed or another generator's key would otherwise be
         # read silently as some other key
         raise ValueError(f"key must be one threefry JAX key (jax.random.key(seed), or a legacy "
-                         f"uint32[2] PRNGKey), got {jnp.result_type(key)} of shape "
-                         f"{jnp.shape(key)}")
-    data = data.astype(jnp.uint32)
+                         f"uint32[2] PRNGKey), got {dtype or type(key).__name__} of shape "
+                         f"{np.shape(key)}")
+    data = jnp.asarray(data, jnp.uint32)
     return data[0], data[1]
 
 

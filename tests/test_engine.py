@@ -348,6 +348,11 @@ def test_a_checkpointed_run_without_chunk_size_saves_several_chunks(tmp_path):
     assert len(list(tmp_path.glob("*.npz"))) >= 2  # a kill loses one chunk, not the whole run
     for f in ("time", "escaped", "censored", "diverged"):
         np.testing.assert_array_equal(getattr(plain, f), getattr(saved, f))
+    # a whole run saved as one chunk (the former default) is reused, not recomputed
+    sg.measure_exit_times(*args, chunk_size=40000, checkpoint=tmp_path / "one")
+    again = sg.measure_exit_times(*args, checkpoint=tmp_path / "one").record
+    assert len(list((tmp_path / "one").glob("*.npz"))) == 1
+    np.testing.assert_array_equal(plain.time, again.time)
 
 
 def _small_run(**kw):
