@@ -57,7 +57,7 @@ METRICS = ("test_acc", "train_acc", "gap", "sharpness", "test_loss", "train_loss
 FULL = dict(dataset="mnist1d", data_path=None, num_samples=5000, model="mlp", width=100, depth=2,
             epochs=600, lr=0.3, momentum=0.0, small_batch=32, large_batch=1024, seeds=5, seed=0,
             iso_scale=None, pld_sigma_g=None, pld_sigma_h=None, pld_loss_ref=0.0,
-            reweight_scale=None, fisher_examples=256, sharpness_iters=100, sharpness_examples=1000,
+            reweight_scale=None, fisher_examples=256, sharpness_iters=20, sharpness_examples=1000,
             methods=",".join(METHODS), out=str(ROOT / "figures"))
 QUICK = dict(FULL, num_samples=1000, epochs=15, small_batch=50, large_batch=400, width=64,
              fisher_examples=64, sharpness_iters=8, sharpness_examples=400,
@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     a("--pld-loss-ref", type=float, help="PLD reference loss L_ref, nats")
     a("--reweight-scale", type=float, help="loss-reweighting s; default sqrt(b_L/b_S - 1)")
     a("--fisher-examples", type=int, help="per-example gradients per step for the Fisher noise")
-    a("--sharpness-iters", type=int, help="power iterations (0: skip sharpness)")
+    a("--sharpness-iters", type=int, help="Lanczos steps (0: skip sharpness)")
     a("--sharpness-examples", type=int, help="training examples in the sharpness loss")
     a("--methods", help="comma-separated subset of " + ",".join(METHODS))
     a("--quick", action="store_true", help="small, < 1 min run (explicit flags still win)")

@@ -11,7 +11,7 @@ from .models import (CNN1D, MLP, accuracy, make_model, mean_loss, per_example_gr
 from .noise import (NoiseState, add_fisher_noise, add_isotropic_noise, add_pld_noise,
                     add_reweighting_noise, fisher_factor, loss_weights, reweighted_loss,
                     reweighting_scale)
-from .sharpness import hvp, power_iteration, top_hessian_eigenvalue
+from .sharpness import hvp, lanczos_top_eigenvalue, power_iteration, top_hessian_eigenvalue
 
 __all__ = [
     "Dataset", "load_dataset", "load_npz", "mnist1d", "teacher_student",
@@ -20,5 +20,5 @@ __all__ = [
     "NoiseState", "add_fisher_noise", "add_isotropic_noise", "add_pld_noise",
     "add_reweighting_noise", "fisher_factor", "loss_weights", "reweighted_loss",
     "reweighting_scale",
-    "hvp", "power_iteration", "top_hessian_eigenvalue",
+    "hvp", "lanczos_top_eigenvalue", "power_iteration", "top_hessian_eigenvalue",
 ]

