@@ -430,9 +430,11 @@ def run_cache(cfg):
     on a CPU once more without a cache, every tool compiled with XLA's older emitters
     (``LEGACY_EMITTERS``; sgdyn's exit runner compiles with them anyway, so this row shows
     what they do for diffrax)."""
+    from benchmarks.compile_probe import TOOLS
+
     c = cfg["exit"]["pld1"]
     probe = [sys.executable, str(ROOT / "benchmarks" / "compile_probe.py"),
-             "--n", str(c["n"]), "--dt", str(c["dt"])]
+             "--n", str(c["n"]), "--dt", str(c["dt"]), "--tolerance", str(cfg["tolerance"])]
     out = {}
     env = _env()
     repeats = [(f"no_cache_repeat_{i}", [], env)
@@ -444,14 +446,20 @@ def run_cache(cfg):
             flags = (env.get("XLA_FLAGS", "") + " " + LEGACY_EMITTERS).strip()
             runs.append(("no_cache_legacy_emitters", [], dict(env, XLA_FLAGS=flags)))
         for run, extra, run_env in runs:
-            res = subprocess.run(probe + extra, capture_output=True, text=True, env=run_env)
+            rows = []
+            for tool in TOOLS:  # one process each: every tool's first call is a true one
+                res = subprocess.run(probe + extra + ["--tool", tool], capture_output=True,
+                                     text=True, env=run_env)
+                if res.returncode:
+                    break
+                rows += [json.loads(line) for line in res.stdout.splitlines()
+                         if line.startswith("{")]
             if res.returncode:
                 if run == "no_cache_legacy_emitters":  # optional: the flag may be gone
                     out["legacy_emitters_error"] = res.stderr[-500:]
                     continue
                 raise RuntimeError(res.stderr[-3000:])
-            out[run] = [json.loads(line) for line in res.stdout.splitlines()
-                        if line.startswith("{")]
+            out[run] = rows
             log(run, out[run])
     return out
 
