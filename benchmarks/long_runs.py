@@ -4,7 +4,7 @@
 
 A Kramers well (h = 4 at the minimum and the saddle) with loss-scaled PLD noise (sigma_g 2,
 sigma_H 4, lr 0.1, b 1), three-point increments at dt 0.01, Gobet-corrected exit 4 diffusion
-lengths past the saddle; barrier 0.8 gives a mean exit of 7.3e4 steps. For each particle
+lengths past the saddle; barrier 0.8 gives a mean exit of 7.2e4 steps. For each particle
 count it times sgdyn's default packing (``runner.default_min_bucket``: t_max here is 20x the
 exact mean, so 256 or 32 slots on a CPU) against packing that stops at 2048 slots, first
 call (compilation included) and the median of three more, and checks that the two records
