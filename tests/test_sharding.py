@@ -61,6 +61,13 @@ SCRIPT = textwrap.dedent(r"""
     assert split.test_acc.shape == (2, 3) and split.sharpness.shape == (3,)
     for f in ("train_loss", "test_loss", "sharpness"):
         np.testing.assert_allclose(getattr(split, f), getattr(alone, f), rtol=1e-4)
+    # with a noise injection: each seed's own noise key follows it onto its device
+    from sgdyn.train import add_isotropic_noise
+    noisy = lambda lr, key: optax.chain(add_isotropic_noise(0.05, key), optax.sgd(lr))
+    split = train(MLP(hidden=(16,), num_classes=10), data, noisy, **kw)
+    alone_noisy = train(MLP(hidden=(16,), num_classes=10), data, noisy, shard_seeds=False, **kw)
+    np.testing.assert_allclose(split.train_loss, alone_noisy.train_loss, rtol=1e-4)
+    assert not np.allclose(alone_noisy.train_loss, alone.train_loss, rtol=1e-3)  # noise acts
     # at most one device per seed: one seed is not padded onto the second device
     from sgdyn.train import loop
     assert loop.seed_mesh(n_seeds=1) is None and loop.seed_mesh(n_seeds=3).devices.size == 2
