@@ -164,3 +164,28 @@ def test_reproduce_reaches_large_batch(monkeypatch, tmp_path):
     _load("reproduce").main(["--quick", "--quiet", "--only", "large_batch"])
     assert calls and calls[0][0] == "--quick" and calls[0][1] == "--out"
     assert Path(calls[0][2]) != ROOT / "figures"
+
+
+def test_fits_leave_out_points_without_escapes_and_say_when_no_fit_is_left():
+    """A point where nothing escaped has an infinite mean: once it turned the fit into NaN
+    with R^2 = 1.0, and barrier.py then called the result 'exponential'."""
+    from sgdyn.experiments import common
+
+    x, y = [1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 5.0, math.inf]
+    fit = common.linear_fit(x, y, [1.0, 1.0, 1.0, 0.0])
+    assert fit["slope"] == pytest.approx(2.0) and fit["r2"] == pytest.approx(1.0)
+    assert fit["n_points"] == 3
+    none = common.linear_fit(x, [1.0, math.inf, math.inf, math.inf])
+    assert none["slope"] is None and none["r2"] is None and "no fit" in none["note"]
+
+
+def test_ergodic_runs_that_all_diverge_give_no_growth_rate_instead_of_a_crash():
+    from sgdyn.cli import Progress
+    from sgdyn.experiments import tails
+
+    cfg = {**tails.FULL, **tails.QUICK, "ergodic_ratios": (4.0,), "ergodic_particles": 50,
+           "ergodic_time": 12.0}
+    run = tails.run_ergodic(cfg, Progress(1, "t", quiet=True))["runs"][0]
+    assert run["n_diverged"] >= 49  # every run (or all but one) passed |x_j| = 1e8
+    assert run["growth_rate"] is None and run["growth_rate_ci95"] == [None, None]
+    assert "no growth rate" in run["growth_rate_note"]

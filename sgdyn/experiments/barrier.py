@@ -62,6 +62,10 @@ def _params(dyn, cfg):
             else {"sigma2": cfg["sigma2"]})
 
 
+def _r2(fit):
+    return "n/a" if fit["r2"] is None else f"{fit['r2']:.3f}"
+
+
 def exact_time(dyn, cfg, barrier):
     return math.exp(th.kramers_exit_time(cfg["h"], cfg["h"], barrier, lr=cfg["lr"],
                                          batch_size=cfg["batch_size"], noise=THEORY_NOISE[dyn],
@@ -122,8 +126,10 @@ def run(cfg, progress) -> dict:
         summary[dyn] = {
             "fit_log_tau_vs_log_barrier": loglog,  # slope = power-law exponent
             "fit_log_tau_vs_barrier": semilog,  # slope = 1/T for Arrhenius
-            "closer_to": "power law (log-log)" if loglog["r2"] > semilog["r2"] else
-                         "exponential (semi-log)",
+            "closer_to": ("undetermined (too few finite points)"
+                          if loglog["r2"] is None or semilog["r2"] is None else
+                          "power law (log-log)" if loglog["r2"] > semilog["r2"] else
+                          "exponential (semi-log)"),
             "exact_fit_log_tau_vs_log_barrier": common.linear_fit(np.log(x), ye),
             "exact_fit_log_tau_vs_barrier": common.linear_fit(x, ye),
             "max_abs_log_sim_over_exact": float(np.max(np.abs(y - ye))),
@@ -161,8 +167,8 @@ def plot(payload):
             s = payload["summary"][dyn]
             common.points(ax, [p["barrier"] for p in pts], pts,
                           f"{LABELS[dyn]}: simulated ± 95% CI (R² log-log "
-                          f"{s['fit_log_tau_vs_log_barrier']['r2']:.3f}, semi-log "
-                          f"{s['fit_log_tau_vs_barrier']['r2']:.3f})", c, common.MARKERS[dyn])
+                          f"{_r2(s['fit_log_tau_vs_log_barrier'])}, semi-log "
+                          f"{_r2(s['fit_log_tau_vs_barrier'])})", c, common.MARKERS[dyn])
         ax.set_yscale("log")
         ax.set_xscale(scale)
         ax.set_xlabel("barrier height ΔL (loss units)" + ("  [log axis]" if scale == "log"

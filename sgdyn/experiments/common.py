@@ -157,18 +157,28 @@ def proportion_ci(k: int, n: int, confidence: float = 0.95) -> list:
 
 
 def linear_fit(x, y, w=None) -> dict:
-    """Weighted least squares y = a + b x: slope, intercept, R^2, rms residual."""
+    """Weighted least squares y = a + b x: slope, intercept, R^2, rms residual, and the number
+    of points fitted: those with finite y and a finite weight > 0 (a point where nothing
+    escaped has an infinite mean). With fewer than 2 distinct x among them every number is
+    None (null in JSON) and ``note`` says why; R^2 is None when all fitted y are equal."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     if np.unique(x).size < 2:  # no slope: the experiments check their flags against this
         raise ValueError(f"a line needs at least 2 distinct x values, got {x.tolist()}")
     w = np.ones_like(x) if w is None else np.asarray(w, float)
+    keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(w) & (w > 0)
+    x, y, w = x[keep], y[keep], w[keep]
+    if np.unique(x).size < 2:
+        return {"slope": None, "intercept": None, "r2": None, "rms_residual": None,
+                "n_points": int(keep.sum()),
+                "note": "fewer than 2 points with a finite estimate: no fit"}
     xm, ym = np.sum(w * x) / w.sum(), np.sum(w * y) / w.sum()
     slope = np.sum(w * (x - xm) * (y - ym)) / np.sum(w * (x - xm) ** 2)
     resid = y - (ym + slope * (x - xm))
     ss_tot = np.sum(w * (y - ym) ** 2)
     return {"slope": float(slope), "intercept": float(ym - slope * xm),
-            "r2": float(1 - np.sum(w * resid**2) / ss_tot) if ss_tot > 0 else 1.0,
-            "rms_residual": float(np.sqrt(np.sum(w * resid**2) / w.sum()))}
+            "r2": float(1 - np.sum(w * resid**2) / ss_tot) if ss_tot > 0 else None,
+            "rms_residual": float(np.sqrt(np.sum(w * resid**2) / w.sum())),
+            "n_points": int(keep.sum())}
 
 
 def log_se(est: dict) -> float:
@@ -197,15 +207,17 @@ MARKERS = {"sgd": "o", "pld": "s", "pld_loss": "s", "pld_local": "D", "langevin"
            "hessian": "v"}
 
 
-def points(ax, x, ests, label, color, marker="o", scale=1.0, **kw):
-    """Simulated means with their 95% intervals as error bars (infinite ends clipped)."""
+def points(ax, x, ests, label, color, marker="o", scale=1.0, positive=True, **kw):
+    """Simulated means with their 95% intervals as error bars (missing points left out; for a
+    ``positive`` quantity on a log axis, infinite or non-positive ends clipped to a decade)."""
     x = np.asarray(x, float)
     m = np.array([e["mean"] for e in ests], float) * scale
     lo = np.array([e["ci95"][0] for e in ests], float) * scale
     hi = np.array([e["ci95"][1] for e in ests], float) * scale
-    ok = np.isfinite(m)
-    hi = np.where(np.isfinite(hi), hi, m * 10)
-    lo = np.where(lo > 0, lo, m / 10)
+    ok = np.isfinite(m) & np.isfinite(lo) & np.isfinite(hi) if not positive else np.isfinite(m)
+    if positive:
+        hi = np.where(np.isfinite(hi), hi, m * 10)
+        lo = np.where(lo > 0, lo, m / 10)
     yerr = np.vstack([m - lo, hi - m])[:, ok]
     ax.errorbar(x[ok], m[ok], yerr=yerr, fmt=marker, color=color, ms=5, capsize=3,
                 label=label, zorder=3, **kw)
