@@ -146,10 +146,12 @@ def max_steps(dt, t_max, xp=jnp):
     """Steps before a run is censored: ceil(t_max / dt) in the float type of dt and t_max, a
     ratio a few rounding errors (at most 1e-3 steps) above an integer counting as that integer
     (float32 0.18 / 0.02 is 9.0000005: 9 steps, not 10). Computed once per run and handed to
-    the kernel as an integer, so the host and the kernel never disagree on when a run ends."""
+    the kernel as an integer, so the host and the kernel never disagree on when a run ends.
+    At most 2^30 - 1: step counts are int32 and a block may run 2^30 steps past the end (the
+    record's t_max says where a longer run was cut; ``measure_exit_times`` refuses one)."""
     ratio = xp.asarray(t_max) / xp.asarray(dt)
     slack = xp.minimum(4 * xp.finfo(ratio.dtype).eps * ratio, 1e-3)
-    return xp.ceil(ratio - slack).astype(xp.int32)
+    return xp.minimum(xp.ceil(ratio - slack), 2**30 - 1).astype(xp.int32)
 
 
 def _count_before(mask):

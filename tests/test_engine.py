@@ -702,10 +702,12 @@ def test_building_a_dynamic_compiles_one_program_per_evaluation(caplog):
 
 def test_divergent_particles_are_counted_apart():
     sde = sg.SDE.make(sg.Quadratic.make(1.0), sg.Isotropic.make(1e-4), lr=2.5, batch_size=1)
-    res = sg.measure_exit_times(jax.random.key(0), sg.EulerMaruyama.make(sde), sg.Ball.make([0.0], 1e12),
-                                [0.1], 100, 1000.0)
+    with pytest.warns(RuntimeWarning, match="all 100 particles diverged"):
+        res = sg.measure_exit_times(jax.random.key(0), sg.EulerMaruyama.make(sde),
+                                    sg.Ball.make([0.0], 1e12), [0.1], 100, 1000.0)
     assert res.estimate.n_diverged == 100 and res.estimate.n_escaped == 0
-    assert res.estimate.mean == math.inf  # no escape: no finite estimate, and no NaN
+    # no escape and nothing censored: no estimate at all (not inf, which reads "never escapes")
+    assert res.estimate.method == "no-data" and math.isnan(res.estimate.mean)
 
 
 @pytest.mark.parametrize("x0", [np.nan, np.inf])
