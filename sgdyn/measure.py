@@ -65,6 +65,12 @@ def _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size,
     return n_particles, x0
 
 
+def _bound_tag(divergence_bound):
+    # the default adds nothing to a checkpoint's fingerprint: chunks saved before it was an
+    # argument still match
+    return () if float(divergence_bound) == 1e8 else (float(divergence_bound),)
+
+
 def result(record: ExitRecord, confidence: float = 0.95) -> ExitResult:
     """A numpy record with its censoring-aware estimate."""
     return ExitResult(record, exit_time_estimate(record.time, record.escaped, record.censored,
@@ -74,7 +80,8 @@ def result(record: ExitRecord, confidence: float = 0.95) -> ExitResult:
 def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, correction=None,
                        chunk_size: int | None = None, confidence: float = 0.95,
                        ticks_per_block: int = 32, min_bucket: int | None = None,
-                       n_slots: int | None = None, checkpoint=None) -> ExitResult:
+                       n_slots: int | None = None, checkpoint=None,
+                       divergence_bound=1e8) -> ExitResult:
     """Exit times of ``n_particles`` runs of ``dynamic`` from ``region`` (see simulate_exits).
 
     Particles are processed ``chunk_size`` at a time (default: all at once) through
@@ -86,6 +93,8 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
     On a CPU a run starts in one loop over 2048 slots, which compiles in about half the
     time, and moves to the full array only once it proves long (``sgdyn.runner``, first tier;
     not when ``n_slots`` is given).
+    A particle with a coordinate past ``divergence_bound`` (or NaN/inf) is diverged, counted
+    apart and left out of the estimate: raise it for a region that reaches further.
     With ``checkpoint`` (a folder or ``sgdyn.checkpoint.Checkpoint``) every finished chunk is
     saved, and a re-run with the same arguments resumes from the chunks already done; without
     ``chunk_size`` it then takes chunks of max(n_particles / 8, 16384) (set by n_particles
@@ -96,12 +105,13 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
                                 confidence)
     check_start(region, x0)
     check_options(n_slots, min_bucket)  # before any chunk, even if all come from a checkpoint
+    _checks.positive("divergence_bound", divergence_bound)
     chunk = chunk_size or n_particles
     if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
         checkpoint = Checkpoint(checkpoint)
     if checkpoint is not None and chunk_size is None:
         whole = fingerprint(key, dynamic, region, x0, float(t_max), str(correction), 0,
-                            n_particles)
+                            n_particles, *_bound_tag(divergence_bound))
         # a whole run saved as one chunk (as before chunking by default) is still reused
         if checkpoint.load(whole) is None:
             chunk = max(-(-n_particles // 8), CHECKPOINT_MIN_CHUNK)
@@ -110,13 +120,15 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
         n = min(chunk, n_particles - first)
         tag = None
         if checkpoint is not None:
-            tag = fingerprint(key, dynamic, region, x0, float(t_max), str(correction), first, n)
+            tag = fingerprint(key, dynamic, region, x0, float(t_max), str(correction), first, n,
+                              *_bound_tag(divergence_bound))
             saved = checkpoint.load(tag)
             if saved is not None:
                 parts.append(ExitRecord(**{f: saved[f] for f in ExitRecord._fields}))
                 continue
         rec = run_exits(key, dynamic, region, x0, first, n, t_max, correction=correction,
-                        n_slots=n_slots, ticks_per_block=ticks_per_block, min_bucket=min_bucket)
+                        n_slots=n_slots, ticks_per_block=ticks_per_block, min_bucket=min_bucket,
+                        divergence_bound=divergence_bound)
         if checkpoint is not None:
             checkpoint.save(tag, rec._asdict())
         parts.append(rec)

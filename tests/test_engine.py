@@ -804,3 +804,16 @@ def test_reparametrized_finite_sum_scales_noise_like_theory():
     assert float(sharp.curvature_at_minimum()) == pytest.approx(6.0)
     sgd = sg.MinibatchSGD.make(sharp, 0.05, 4)  # real SGD runs on the sharper copy
     assert sgd.step(jnp.ones(1), (jnp.arange(4, dtype=jnp.uint32),)).shape == (1,)
+
+
+def test_a_region_past_the_divergence_bound_needs_a_larger_bound(tmp_path):
+    """The ramp passes 149.5 at step 150: past a bound of 100 it is diverged first, and with
+    the bound raised it escapes; the bound keys checkpoints too."""
+    args = (jax.random.key(0), _Ramp("word"), sg.Threshold(149.5), [0.0], 64, 1000.0)
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        low = sg.measure_exit_times(*args, divergence_bound=100.0).estimate
+    assert low.n_diverged == 64 and low.method == "no-data"
+    high = sg.measure_exit_times(*args, divergence_bound=1e3, checkpoint=tmp_path).estimate
+    assert high.n_escaped == 64 and high.mean == pytest.approx(150 * _Ramp.dt)
+    default = sg.measure_exit_times(*args, checkpoint=tmp_path).estimate
+    assert default.mean == high.mean and len(list(tmp_path.glob("*.npz"))) == 2
