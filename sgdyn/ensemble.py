@@ -142,6 +142,9 @@ def empty_queue(first, n: int) -> _Queue:
     return _Queue(end, end, first, jnp.full(n, PAD, jnp.int8), jnp.zeros(n, jnp.int32))
 
 
+MAX_STEPS = 2**30 - 1  # int32 step counts, with room for one block of at most 2^30 steps
+
+
 def max_steps(dt, t_max, xp=jnp):
     """Steps before a run is censored: ceil(t_max / dt) in the float type of dt and t_max, a
     ratio a few rounding errors (at most 1e-3 steps) above an integer counting as that integer
@@ -151,7 +154,7 @@ def max_steps(dt, t_max, xp=jnp):
     record's t_max says where a longer run was cut; ``measure_exit_times`` refuses one)."""
     ratio = xp.asarray(t_max) / xp.asarray(dt)
     slack = xp.minimum(4 * xp.finfo(ratio.dtype).eps * ratio, 1e-3)
-    return xp.minimum(xp.ceil(ratio - slack), 2**30 - 1).astype(xp.int32)
+    return xp.minimum(xp.ceil(ratio - slack), MAX_STEPS).astype(xp.int32)
 
 
 def _count_before(mask):

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _checks
 from .checkpoint import Checkpoint, fingerprint
-from .ensemble import ExitRecord, simulate_exits, simulate_samples
+from .ensemble import MAX_STEPS, ExitRecord, simulate_exits, simulate_samples
 from .estimators import ExitEstimate, exit_time_estimate
 from .regions import CORRECTIONS, check_dim, check_start
 from .runner import check_options, run_exits
@@ -58,7 +58,7 @@ def _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size,
     dt = np.asarray(dynamic.dt)
     # step counts are int32, and a block may run up to ticks_per_block x steps_per_tick steps
     # (at most 2^30, ensemble._check_block) past t_max before it is censored
-    if np.any(np.asarray(t_max) / dt >= 2**30):
+    if np.any(np.asarray(t_max) / dt >= MAX_STEPS + 1):
         raise ValueError(f"t_max / dt must be < 2^30 steps, got t_max={t_max}, dt={dt}")
     if chunk_size is not None:
         _checks.positive_int("chunk_size", chunk_size)

@@ -214,10 +214,12 @@ def points(ax, x, ests, label, color, marker="o", scale=1.0, positive=True, **kw
     m = np.array([e["mean"] for e in ests], float) * scale
     lo = np.array([e["ci95"][0] for e in ests], float) * scale
     hi = np.array([e["ci95"][1] for e in ests], float) * scale
-    ok = np.isfinite(m) & np.isfinite(lo) & np.isfinite(hi) if not positive else np.isfinite(m)
+    ok = np.isfinite(m)
     if positive:
         hi = np.where(np.isfinite(hi), hi, m * 10)
         lo = np.where(lo > 0, lo, m / 10)
+    else:
+        ok &= np.isfinite(lo) & np.isfinite(hi)
     yerr = np.vstack([m - lo, hi - m])[:, ok]
     ax.errorbar(x[ok], m[ok], yerr=yerr, fmt=marker, color=color, ms=5, capsize=3,
                 label=label, zorder=3, **kw)

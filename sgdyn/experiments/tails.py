@@ -258,7 +258,8 @@ def run_ergodic(cfg, progress) -> dict:
         per_run = (tt[:, None] * (log_r[late] - log_r[late].mean(axis=0))).sum(0) / (tt**2).sum()
         n = per_run.size
         s2 = lr * sh / b
-        predicted = max(0.0, (d - 2) * s2 / 2 - h)  # bounded below lr_max: no growth
+        drift = (d - 2) * s2 / 2 - h  # of log r at large r
+        predicted = max(0.0, drift)  # bounded below lr_max: no growth
         if n >= 2:
             rate = float(per_run.mean())
             half = 1.96 * float(per_run.std(ddof=1)) / math.sqrt(n)
@@ -274,7 +275,7 @@ def run_ergodic(cfg, progress) -> dict:
             "normalizable": bool(th.pld_is_normalizable(th.pld_kappa(h, lr, b, sh), d)),
             "mean_log_r": log_r.mean(axis=1) if n else [None] * m, "growth_rate": rate,
             "growth_rate_ci95": ci, **note,
-            "predicted_drift_of_log_r": (d - 2) * s2 / 2 - h,
+            "predicted_drift_of_log_r": drift,
             "predicted_growth_rate": predicted,
             "fraction_beyond_r_far": far / n_all,
             "fraction_beyond_ci95": common.proportion_ci(far, n_all),

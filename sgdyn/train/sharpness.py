@@ -60,10 +60,10 @@ def lanczos_top_eigenvalue(matvec: Callable, v0: jax.Array, num_iters: int):
         w = matvec(basis[j])
         a = jnp.vdot(basis[j], w)
         # Gram-Schmidt against every earlier vector, twice: in float32 the three-term
-        # recurrence alone loses orthogonality and repeats converged eigenvalues
-        earlier = basis * (jnp.arange(k + 1) <= j)[:, None]
+        # recurrence alone loses orthogonality and repeats converged eigenvalues (the rows
+        # past j are still zero, so the whole basis serves)
         for _ in range(2):
-            w = w - earlier.T @ (earlier @ w)
+            w = w - basis.T @ (basis @ w)
         b = jnp.linalg.norm(w)
         basis = basis.at[j + 1].set(w / jnp.maximum(b, jnp.finfo(w.dtype).tiny))
         return basis, diag.at[j].set(a), off.at[j].set(b)
