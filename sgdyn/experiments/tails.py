@@ -340,7 +340,8 @@ def plot(payload):
                           c, mk.get(b, "D"), mfc="none" if b > 1 else None)
         a3.plot(x, [p["kesten_sgd_chain"] for p in sel], ":", color=common.COLORS["sgd"],
                 marker=mk.get(b, "D"), ms=3, lw=1,
-                label=f"Kesten index of the SGD chain, b={b} (exact root)")
+                label=f"Kesten index of the SGD chain, b={b} "
+                      + ("(exact root)" if b == 1 else "(root over random batches)"))
         a3.plot(x, [p["hill_on_iid_student_t"] for p in sel], "--", color="gray", lw=1,
                 label="Hill on i.i.d. Student-t(ν) draws (estimator bias)" if b == bs[0]
                 else None)
