@@ -4,7 +4,7 @@
 # Each section runs in its own process under its own cap, so one slow or failing section leaves
 # time for the rest; results merge into $OUT/gpu.json as each section ends (a killed run keeps
 # what finished). Then, in the time left, the engine, training, property and reliability tests
-# on the GPU (on an H200: 183 s for the sections but cache, 165 s for those tests). Sections
+# on the GPU (on an H200: 183 s for the sections but cache, 165 s for those tests; the cache section starts one process per tool and run, 12 on a GPU). Sections
 # can be narrowed with SECTIONS="exit sweep". Wheels in .whl/ are installed first if present
 # (mnist1d, for training: pip download --no-deps --python-version 3.12 -d .whl mnist1d).
 set -u
@@ -27,7 +27,7 @@ fi
 'diffrax', diffrax.__version__, 'flax', flax.__version__, 'optax', optax.__version__)"
 } 2>&1 | tee "$log"
 
-declare -A CAP=([ceilings]=60 [throughput]=120 [training]=90 [exit]=150 [cache]=90 [sweep]=200
+declare -A CAP=([ceilings]=60 [throughput]=120 [training]=90 [exit]=150 [cache]=150 [sweep]=200
              [memory]=60)
 for s in $SECTIONS; do
     cap=${CAP[$s]:-120}
