@@ -509,6 +509,11 @@ def test_a_long_run_packed_to_its_default_floor_gives_the_same_record(monkeypatc
         assert np.array_equal(getattr(auto.record, f), getattr(one_loop.record, f))
 
 
+# the first tier is a CPU path (sgdyn.runner's module doc): an accelerator never takes it
+first_tier_path = pytest.mark.skipif(jax.default_backend() != "cpu",
+                                     reason="the first tier runs on a CPU only")
+
+
 def _watch_paths(monkeypatch):
     """(tier_calls, widened): lists that grow by one whenever the runner builds its budgeted
     first-tier program, and whenever it moves a run into the full array."""
@@ -522,6 +527,7 @@ def _watch_paths(monkeypatch):
     return tier_calls, widened
 
 
+@first_tier_path
 @pytest.mark.parametrize("work, path", [(2**40, "first tier"), (2**18, "full array"),
                                         (2**16, "full array, remembered")])
 def test_first_tier_gives_the_record_of_the_full_array(monkeypatch, work, path):
@@ -552,6 +558,7 @@ def test_first_tier_gives_the_record_of_the_full_array(monkeypatch, work, path):
         assert np.array_equal(getattr(tiered.record, f), getattr(full.record, f))
 
 
+@first_tier_path
 def test_repeated_short_runs_use_up_the_first_tier_then_start_on_the_full_array(monkeypatch):
     from sgdyn import runner
 

@@ -107,19 +107,32 @@ def test_epochs_run_unchecked_give_what_checking_every_step_gives(monkeypatch, o
     reruns = []
     select = loop._select_seeds
     monkeypatch.setattr(loop, "_select_seeds", lambda *a: reruns.append(1) or select(*a))
-    with pytest.warns(RuntimeWarning, match=r"seeds \[1\] diverged"):
-        fast = run([0, 1, 2], lr=lr, optimizer_fn=optimizer_fn)
-    assert len(reruns) == 1  # only the epoch in which seed 1 diverged
-    monkeypatch.setattr(loop, "_epoch", lambda unchecked, checked, state, *a: checked(state, *a))
-    with pytest.warns(RuntimeWarning):
-        checked = run([0, 1, 2], lr=lr, optimizer_fn=optimizer_fn)
+    with jax.default_matmul_precision("float32"):  # see same_numbers
+        with pytest.warns(RuntimeWarning, match=r"seeds \[1\] diverged"):
+            fast = run([0, 1, 2], lr=lr, optimizer_fn=optimizer_fn)
+        assert len(reruns) == 1  # only the epoch in which seed 1 diverged
+        monkeypatch.setattr(loop, "_epoch",
+                            lambda unchecked, checked, state, *a: checked(state, *a))
+        with pytest.warns(RuntimeWarning):
+            checked = run([0, 1, 2], lr=lr, optimizer_fn=optimizer_fn)
     assert fast.diverged.tolist() == [False, True, False]
+    np.testing.assert_array_equal(fast.diverged_step, checked.diverged_step)
     if step is not None:
         assert fast.diverged_step[1] == step
-    for f in FIELDS + ("diverged_step",):
-        np.testing.assert_array_equal(getattr(fast, f), getattr(checked, f), err_msg=f)
+    for f in FIELDS:
+        same_numbers(getattr(fast, f), getattr(checked, f), err_msg=f)
     for a, b in zip(jax.tree.leaves(fast.params), jax.tree.leaves(checked.params)):
-        np.testing.assert_array_equal(a, b)
+        same_numbers(a, b)
+
+
+def same_numbers(a, b, err_msg=""):
+    """Bit for bit on a CPU. An accelerator compiles the unchecked and the checked epoch into
+    different programs whose float32 products (chosen per program) may round differently: there
+    the same NaNs and infs, and finite numbers within float32 rounding grown over 3 epochs."""
+    if jax.default_backend() == "cpu":
+        np.testing.assert_array_equal(a, b, err_msg=err_msg)
+    else:
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=err_msg)
 
 
 def test_a_repeated_run_compiles_nothing_and_the_checked_epoch_only_on_divergence():
