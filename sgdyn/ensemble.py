@@ -175,8 +175,8 @@ def _count_sequential(counts):
 
 
 def _count_parallel(counts):
-    inclusive = jnp.cumsum(counts)
-    return inclusive - counts, jnp.sum(counts)
+    inclusive = jnp.cumsum(counts, dtype=jnp.int32)  # int32 under x64 too (the scan's)
+    return inclusive - counts, jnp.sum(counts, dtype=jnp.int32)
 
 
 def _pack(walk: _Walk, size: int) -> tuple[_Walk, jax.Array]:
@@ -245,7 +245,7 @@ def _hand_over(walk: _Walk, queue: _Queue, n_running, x, steps_per_tick: int, ti
         # (and the runner reports the missing outcome) instead of looping forever
         still = running & ~done
         return (walk._replace(x=x, status=jnp.where(still, RUNNING, PAD).astype(jnp.int8),
-                              age=age), queue, jnp.sum(still))
+                              age=age), queue, jnp.sum(still, dtype=jnp.int32))
     before, n_done = _count_before(done)
     waiting = queue.end - queue.next
     swap = done & (before.astype(jnp.uint32) < waiting)

@@ -827,3 +827,22 @@ def test_a_region_past_the_divergence_bound_needs_a_larger_bound(tmp_path):
     assert high.n_escaped == 64 and high.mean == pytest.approx(150 * _Ramp.dt)
     default = sg.measure_exit_times(*args, checkpoint=tmp_path).estimate
     assert default.mean == high.mean and len(list(tmp_path.glob("*.npz"))) == 2
+
+
+def test_every_exit_path_runs_in_float64():
+    """Under jax_enable_x64 (float64 states, int64 default integers; the loops' counters stay
+    int32) every path of the engine runs, and they agree: the default run (a first tier on a
+    CPU), the packed full array, a vectorized sweep and a jitted simulate_exits."""
+    with _enable_x64(True):
+        dyn = sg.EulerMaruyama.make(OU, 0.01)
+        region = sg.Interval.make(-R, R)
+        args = (jax.random.key(3), dyn, region, [0.0], 600, 2.0)
+        default = sg.measure_exit_times(*args).record
+        packed = sg.measure_exit_times(*args, n_slots=256, min_bucket=64).record
+        swept = sg.sweep_exit_times(*args[:1], [dyn, dyn], *args[2:], vectorized=True)
+        simulated = jax.jit(lambda k: sg.simulate_exits(k, dyn, region, jnp.zeros(1), 600, 2.0))(
+            jax.random.key(3))
+    assert default.time.dtype == np.float64 and default.escaped.any() and default.censored.any()
+    for rec in (packed, swept[0].record, swept[1].record, simulated):
+        for f in ("time", "escaped", "censored", "diverged"):
+            np.testing.assert_array_equal(np.asarray(getattr(rec, f)), getattr(default, f))
