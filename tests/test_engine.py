@@ -1,7 +1,9 @@
 """The ensemble engine against exact theory.
 
-Statistical assertions use 99.9% intervals (z = 3.29) unless stated, so that a correct engine
-fails a test with probability below 1 in 1000 whatever the seed; the seeds are fixed anyway.
+Statistical assertions use 99.99% intervals (z = 3.89) unless stated, so that a correct engine
+fails a test with probability below 1 in 1000 whatever the seed, a test of ten such assertions
+included (99.9% ones put single tests at 1 in 1000 and the ten-assertion SGD noise test at 1 in
+130, as a review of the suite measured over other seeds); the seeds are fixed anyway.
 """
 
 import math
@@ -17,7 +19,7 @@ from sgdyn import rng
 from sgdyn.build import make_dynamic
 from sgdyn import theory as th
 
-Z999 = stats.norm.ppf(0.9995)
+Z = stats.norm.ppf(1 - 0.5e-4)
 
 
 def half_width(est):
@@ -27,10 +29,10 @@ def half_width(est):
 
 def assert_richardson_covers(coarse, fine, exact):
     """Estimates at dt and dt/2 of a scheme with O(dt) bias, extrapolated to dt -> 0, must
-    cover ``exact`` within the 99.9% interval (runs treated as independent)."""
+    cover ``exact`` within the 99.99% interval (runs treated as independent)."""
     extrapolated = 2 * fine.mean - coarse.mean
     se = math.sqrt(4 * half_width(fine) ** 2 + half_width(coarse) ** 2)
-    assert abs(extrapolated - exact) < Z999 * se, (extrapolated, exact, se)
+    assert abs(extrapolated - exact) < Z * se, (extrapolated, exact, se)
     return se
 
 
@@ -74,11 +76,15 @@ def test_plain_euler_exit_bias_shrinks_like_sqrt_dt():
 
 @pytest.mark.parametrize("correction", ["gobet", "bridge"])
 def test_corrected_exit_bias_shrinks_like_dt(correction):
-    dts = [0.08, 0.04, 0.02, 0.01]
-    out = [ou_bias(dt, correction, 200000, 20 + i) for i, dt in enumerate(dts)]
+    # the bias's local slopes are 0.78-0.87 over these steps (higher orders still count), and
+    # the small steps' biases are the noisiest: 800,000 particles there. Over 20 seeds (a
+    # review) the bridge's slope was 0.817 +- 0.042, the floor 4 sd below; the plain scheme's
+    # 0.5 is far under it
+    dts, sizes = [0.08, 0.04, 0.02, 0.01], [200_000, 200_000, 800_000, 800_000]
+    out = [ou_bias(dt, correction, n, 20 + i) for i, (dt, n) in enumerate(zip(dts, sizes))]
     biases, ses = zip(*out)
     slope, se = fitted_slope(dts, biases, ses)
-    assert 0.7 < slope < 1.6, (slope, se, biases)
+    assert 0.65 < slope < 1.6, (slope, se, biases)
     plain, _ = ou_bias(0.01, None, 20000, 30)
     assert abs(biases[-1]) < plain / 5  # at dt = 0.01 the correction removes >80% of the bias
 
@@ -122,7 +128,7 @@ def test_well_exit_time_covers_exact_after_richardson(noise):
     coarse, exact = well_escape(noise, 0.02, 20000, 1)
     fine, _ = well_escape(noise, 0.01, 20000, 2)
     se = assert_richardson_covers(coarse, fine, exact)
-    assert se / exact < 0.03  # and the check is sharp: 99.9% CI within 10% of the value
+    assert se / exact < 0.03  # and the check is sharp: 99.99% CI within 12% of the value
 
 
 @pytest.mark.parametrize("noise", ["langevin", "pld_local"])
@@ -145,7 +151,7 @@ def test_three_point_increments_agree_with_gaussian_within_cis():
     gauss, _ = well_escape("pld_loss", 0.01, 20000, 5)
     weak, _ = well_escape("pld_loss", 0.01, 20000, 6, increments="three_point")
     se = math.sqrt(half_width(gauss) ** 2 + half_width(weak) ** 2)
-    assert abs(gauss.mean - weak.mean) < Z999 * se, (gauss.mean, weak.mean, se)
+    assert abs(gauss.mean - weak.mean) < Z * se, (gauss.mean, weak.mean, se)
 
 
 def test_two_point_increments_close_but_measurably_biased():
@@ -243,8 +249,8 @@ def test_sgd_gradient_noise_is_sigma_g_plus_sigma_h_x2(replace):
         expected = (sigma_g + sigma_h * x**2) / sgd.noise_batch_size
         # standard error of a sample variance: sqrt((m4 - var^2) / draws)
         se = math.sqrt((np.mean(noise**4) - np.var(noise) ** 2) / draws)
-        assert abs(np.mean(noise)) < Z999 * math.sqrt(expected / draws)
-        assert abs(np.var(noise) - expected) < Z999 * se, (x, np.var(noise), expected)
+        assert abs(np.mean(noise)) < Z * math.sqrt(expected / draws)
+        assert abs(np.var(noise) - expected) < Z * se, (x, np.var(noise), expected)
 
 
 @pytest.mark.parametrize("dim", [1, 3])
@@ -293,7 +299,7 @@ def test_pld_long_run_samples_pass_ks_against_student_t():
     x = samples[0, :, 0].astype(float)
     assert not diverged.any()
     d, p = stats.kstest(x, th.pld_student_t(h, lr, b, sigma_g, sigma_h).cdf)
-    assert p > 1e-3, (d, p)
+    assert p > 1e-4, (d, p)
     # and a Gaussian of the same variance is rejected (the tails are real)
     var = th.pld_student_t(h, lr, b, sigma_g, sigma_h).var()
     assert stats.kstest(x, stats.norm(scale=math.sqrt(var)).cdf).pvalue < 1e-3

@@ -49,8 +49,9 @@ def test_exact_exit_time_decreases_towards_the_boundary(theta, sigma, r, frac):
 
 def test_simulated_95pc_ci_covers_the_exact_value_about_95pc_of_the_time():
     """400 independent small experiments (250 particles each) from one ensemble: the fraction
-    whose 95% interval covers the exact MFPT. Binomial sd at 95% is 1.1%; the accepted band
-    [0.91, 0.985] is more than 3.3 sd wide on each side."""
+    whose 95% interval covers the exact MFPT. The Student-t interval on these skewed exit
+    times covers 0.945 (misses low 4.1%, high 1.4%: 30 x 400 experiments in a review); the
+    binomial sd is 1.1%, so the band [0.90, 0.985] lies 3.9 and 3.5 sd from it."""
     theta, sigma, r, n_exp, n_each = 1.0, 1.0, 1.0, 400, 250
     exact = th.mean_exit_time(lambda x: -theta * x, lambda x: sigma**2 / 2 + 0 * x, 0.0, r, 0.0)
     sde = sg.SDE.make(sg.Quadratic.make(theta), sg.Isotropic.make(sigma**2), 1.0, 1)
@@ -61,13 +62,14 @@ def test_simulated_95pc_ci_covers_the_exact_value_about_95pc_of_the_time():
     esc = res.record.escaped.reshape(n_exp, n_each)
     cover = [lo <= exact <= hi for lo, hi in
              (sg.exit_time_estimate(t, e).ci for t, e in zip(times, esc))]
-    assert 0.91 <= np.mean(cover) <= 0.985, np.mean(cover)
+    assert 0.90 <= np.mean(cover) <= 0.985, np.mean(cover)
 
 
 @pytest.mark.parametrize("t_max", [3.0, 8.0, 20.0])
 def test_censored_estimator_coverage_on_shifted_exponentials(t_max):
     """Exit times 1 + Exp(mean 9) (a relaxation then a memoryless escape), censored at t_max:
-    the interval covers the true mean 10 in about 95% of 400 repeats (band as above)."""
+    the interval covers the true mean 10 in about 95% of 400 repeats (0.951-0.952 in a review;
+    the floor 0.91 is 3.8 binomial sd below)."""
     rng = np.random.default_rng(0)
     cover = []
     for _ in range(400):
@@ -82,16 +84,20 @@ def test_censored_estimator_coverage_where_the_method_switches(n, t_max):
     """Exp(mean 10) censored at 1-2 (82-95% censored): about 20 escapes fall in the tail
     window, where the estimator switches between its two censored methods. The symmetric
     delta-method interval covered 0.915 and 0.931 here, missing high 6.6% and 5.3% of the time;
-    the log-scale one covers 0.949 (2000 repeats; band +-4 standard errors)."""
+    the log-scale one covers 0.943 and 0.950, missing high 3.7% and 3.1% (40,000 repeats of the
+    first case in a review). At 200 particles the tail method is chosen in a quarter of the
+    samples, those whose tail escapes came early, so it covers 0.87 there: the switch's own
+    bias, which the 0.943 overall includes. 10,000 repeats: the coverage band and the
+    miss-high limit are 5.4 and 4.0 standard errors from the first case's values."""
     rng = np.random.default_rng(1)
-    cover, above = [], 0
-    for _ in range(2000):
+    repeats, cover, above = 10_000, 0, 0
+    for _ in range(repeats):
         tau = rng.exponential(10.0, n)
         lo, hi = sg.exit_time_estimate(np.minimum(tau, t_max), tau <= t_max).ci
-        cover.append(lo <= 10.0 <= hi)
+        cover += lo <= 10.0 <= hi
         above += 10.0 > hi
-    assert 0.93 <= np.mean(cover) <= 0.97, np.mean(cover)
-    assert above / 2000 <= 0.045, above / 2000
+    assert 0.93 <= cover / repeats <= 0.97, cover / repeats
+    assert above / repeats <= 0.045, above / repeats
 
 
 def test_every_particle_diverged_gives_no_estimate_not_infinity():
