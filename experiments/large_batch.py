@@ -102,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     a("--quick", action="store_true", help="small, < 1 min run (explicit flags still win)")
     a("--out", help="output folder for large_batch.json and large_batch.png")
     a("--fresh", action="store_true", help="ignore the progress of an interrupted run")
+    a("--quiet", action="store_true", help="no per-method progress lines")
     return p
 
 
@@ -331,7 +332,7 @@ def main(argv=None) -> dict:
         cfg = {k: (v if getattr(ns, k, None) is None else getattr(ns, k))
                for k, v in base.items()}
         cfg["quick"] = bool(ns.quick)
-        fresh = bool(ns.fresh)
+        fresh, quiet = bool(ns.fresh), bool(ns.quiet)
         prepared = prepare(cfg)
     except (_BadFlags, ValueError, TypeError) as e:
         print(f"large_batch.py: error: {e}".replace("\n", " "), file=sys.stderr)
@@ -345,8 +346,8 @@ def main(argv=None) -> dict:
     progress_file = out / ".large_batch_progress.json"
     if fresh:
         progress_file.unlink(missing_ok=True)
-    results = run_experiment(cfg, prepared, log=lambda *a, **k: print(*a, **k, flush=True),
-                             progress_file=progress_file)
+    log = (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
+    results = run_experiment(cfg, prepared, log=log, progress_file=progress_file)
     payload = {"provenance": io.provenance(), "flags": cfg, **results,
                "run_time_s": time.perf_counter() - t0, "outputs": files}
     fig = plot(payload)

@@ -15,7 +15,6 @@ runs the rest, and a complete run removes the file. --fresh ignores it.
 import json
 
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -73,17 +72,13 @@ def main(argv=None) -> dict:
             progress.step(f"{name} already done before the interruption: kept")
             continue
         start = time.perf_counter()
+        argv_ = ["--out", str(out)] + (["--quick"] if ns.quick else []) + (
+            ["--quiet"] if ns.quiet else [])
         if name == "large_batch":
             import large_batch  # experiments/large_batch.py
 
-            if ns.quick:  # its quick run writes to a temporary folder, not over the figures
-                with tempfile.TemporaryDirectory() as tmp:
-                    results[name] = large_batch.main(["--quick", "--out", tmp])
-            else:
-                results[name] = large_batch.main(["--out", str(out)])
+            results[name] = large_batch.main(argv_)
         else:
-            argv_ = ["--out", str(out)] + (["--quick"] if ns.quick else []) + (
-                ["--quiet"] if ns.quiet else [])
             results[name] = script_main(name, argv_)
         times[name] = time.perf_counter() - start
         done.append(name)

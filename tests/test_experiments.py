@@ -169,15 +169,16 @@ def test_help_lists_every_parameter():
 
 
 def test_reproduce_reaches_large_batch(monkeypatch, tmp_path):
-    """reproduce.py calls experiments/large_batch.py's main with --quick and a temporary --out."""
+    """reproduce.py calls experiments/large_batch.py's main with its own --out, --quick and
+    --quiet (its quick run once went to a temporary folder and was lost)."""
     sys.path.insert(0, str(ROOT / "experiments"))
     import large_batch
 
     calls = []
     monkeypatch.setattr(large_batch, "main", lambda argv=None: calls.append(argv) or {})
-    _load("reproduce").main(["--quick", "--quiet", "--only", "large_batch"])
-    assert calls and calls[0][0] == "--quick" and calls[0][1] == "--out"
-    assert Path(calls[0][2]) != ROOT / "figures"
+    _load("reproduce").main(["--quick", "--quiet", "--only", "large_batch", "--out",
+                             str(tmp_path)])
+    assert calls == [["--out", str(tmp_path), "--quick", "--quiet"]]
 
 
 def test_fits_leave_out_points_without_escapes_and_say_when_no_fit_is_left():
