@@ -573,7 +573,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds): a smoke test")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
-    ap.add_argument("--only", default="", help="comma-separated sections to run")
+    names = ", ".join(SECTIONS)
+    ap.add_argument("--only", default="", help=f"comma-separated sections to run, of {names}")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip")
     ap.add_argument("--report", type=Path, help="only reprint (and rewrite to --out) the table "
                     "and summary of an existing results JSON")
@@ -585,10 +586,13 @@ def main(argv=None):
         _save(res, args.out)
         print(table(res))
         return res
-    on_cpu = jax.default_backend() == "cpu"
-    cfg = QUICK if args.quick else FULL if on_cpu else ACCELERATOR
     only = [s for s in args.only.split(",") if s] or list(SECTIONS)
     skip = {s for s in args.skip.split(",") if s}
+    unknown = [s for s in (*only, *sorted(skip)) if s not in SECTIONS]
+    if unknown:  # before any section runs, not minutes into a run
+        ap.error(f"unknown section(s) {', '.join(unknown)} in --only/--skip; choose from {names}")
+    on_cpu = jax.default_backend() == "cpu"
+    cfg = QUICK if args.quick else FULL if on_cpu else ACCELERATOR
     res = dict(machine=f"{platform.node()} {platform.processor() or platform.machine()}, "
                        f"{os.cpu_count()} CPUs, jax {jax.__version__} "
                        f"{jax.devices()[0].platform} x{jax.device_count()}"

@@ -206,3 +206,11 @@ def test_cache_probe_under_an_unknown_xla_flag_is_recorded_not_fatal(monkeypatch
     assert not any("legacy" in k for k in s)
     assert "legacy" not in bench.table({"cache": out, "summary": s, "machine": "m",
                                         "quick": True})
+
+
+@pytest.mark.parametrize("flag", ["--only", "--skip"])
+def test_an_unknown_section_is_refused_before_anything_runs(flag, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "SECTIONS", {**bench.SECTIONS, "exit": None})  # must not run
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--quick", flag, "exit,sharding_typo"])
+    assert exc.value.code == 2 and "sharding_typo" in capsys.readouterr().err
