@@ -31,3 +31,13 @@ from .sgd import MinibatchSGD
 from .solvers import EulerMaruyama
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Ball", "DoubleWell", "EulerMaruyama", "ExitEstimate", "ExitRecord", "ExitResult",
+    "Halfspace", "HessianNoise", "Interval", "Isotropic", "KramersWell", "LeastSquares",
+    "MinibatchSGD", "PLDLocal", "PLDLoss", "Quadratic", "Reparametrized", "SDE", "SampleRecord",
+    "StyblinskiTang", "SyntheticPLD", "Threshold", "enable_compilation_cache",
+    "exit_time_estimate", "gradient_noise_covariance", "kaplan_meier", "measure_exit_times",
+    "pld_parameters", "sample_stationary", "simulate_exits", "simulate_samples", "stack",
+    "sweep_exit_times", "theory",
+]

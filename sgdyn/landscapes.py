@@ -43,10 +43,25 @@ class Quadratic(Landscape):
     dim: int = static_field(default=1)
 
     @staticmethod
-    def make(h, dim: int = 1, center=0.0) -> "Quadratic":
+    def make(h, dim: int | None = None, center=0.0) -> "Quadratic":
+        """``dim`` defaults to the length of a per-coordinate ``h`` or ``center``, else 1."""
         _checks.positive("h", h)
-        _checks.positive_int("dim", dim)
         _checks.finite("center", center)
+        shapes = {"h": np.shape(h), "center": np.shape(center)}
+        for name, shape in shapes.items():
+            if len(shape) > 1:
+                raise ValueError(f"{name} must be a scalar or a vector, got shape {shape}")
+        lengths = {name: shape[0] for name, shape in shapes.items() if shape}
+        if dim is None:
+            if len(set(lengths.values())) > 1:
+                raise ValueError(f"h has {lengths['h']} coordinates and center "
+                                 f"{lengths['center']}: give one value or one per coordinate")
+            dim = max(lengths.values(), default=1)
+        _checks.positive_int("dim", dim)
+        for name, n in lengths.items():
+            if n != dim:
+                raise ValueError(f"{name} has {n} coordinates but dim={dim}: give one value "
+                                 f"or one per coordinate")
         return Quadratic(jnp.asarray(h, float), jnp.broadcast_to(jnp.asarray(center, float), (dim,)),
                          dim)
 

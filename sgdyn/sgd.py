@@ -51,6 +51,10 @@ class MinibatchSGD:
 
     @staticmethod
     def make(problem, lr, batch_size: int, replace: bool = True) -> "MinibatchSGD":
+        if not hasattr(problem, "batch_grad") or not hasattr(problem, "n"):
+            raise TypeError(f"problem must be a finite-sum problem (LeastSquares, SyntheticPLD: "
+                            f"n examples with per-example gradients), got "
+                            f"{type(problem).__name__}; for a landscape use an SDE")
         _checks.positive("lr", lr)
         batch_size = _checks.positive_int("batch_size", batch_size)
         if batch_size > problem.n:

@@ -778,6 +778,10 @@ def test_divergent_samples_are_flagged_and_nan_from_then_on(increments):
         (lambda: sg.measure_exit_times(jax.random.key(0), sg.EulerMaruyama.make(OU),
                                        sg.Interval.make(-1, 1), [0.0], 0, 1.0), "n_particles"),
         (lambda: sg.MinibatchSGD.make(sg.LeastSquares.generate(10), 0.1, 11), "batch_size"),
+        (lambda: sg.MinibatchSGD.make(sg.KramersWell.make(4.0, 4.0, 0.3), 0.1, 1), "problem"),
+        (lambda: sg.Quadratic.make([1.0, 2.0], dim=3), "h"),
+        (lambda: sg.Quadratic.make(1.0, dim=3, center=[0.0, 1.0]), "center"),
+        (lambda: sg.Quadratic.make([1.0, 2.0], center=[0.0, 1.0, 2.0]), "center"),
         # beyond |tilt| = 2 scale / (3 sqrt 3) the left well is gone
         (lambda: sg.DoubleWell.make(1.0, -0.39), "tilt"),
         (lambda: sg.PLDLocal.make(1.0, 1.0, shape=[[1.0, 2.0], [2.0, 1.0]]), "shape"),

@@ -141,3 +141,15 @@ def test_reproduce_resumes_after_kill_with_the_same_numbers(tmp_path):
     subprocess.run([*cmd[:-1], str(fresh)], check=True, capture_output=True, timeout=300)
     for name in ("barrier", "tails"):
         assert _plotted(out / f"{name}.json") == _plotted(fresh / f"{name}.json")
+
+
+def test_the_flat_api_lists_every_public_name():
+    """sgdyn.__all__ is the flat public API: every listed name exists, and every public name
+    imported into the package (modules aside, theory included) is listed."""
+    import types
+
+    import sgdyn
+
+    public = {n for n, v in vars(sgdyn).items() if not n.startswith("_")
+              and (not isinstance(v, types.ModuleType) or n == "theory")}
+    assert set(sgdyn.__all__) == public and len(sgdyn.__all__) == len(set(sgdyn.__all__))

@@ -157,6 +157,9 @@ def test_key_forms_and_value_alias():
 
 
 def test_missing_extra_args_and_bad_arguments():
+    for bad_key in (1.5, "0", True):
+        with pytest.raises(TypeError, match="key"):
+            add_isotropic_noise(0.1, key=bad_key).init(PARAMS)
     with pytest.raises(ValueError, match="loss"):
         tx = add_pld_noise(0.1, 0.1, 0)
         tx.update(GRAD, tx.init(PARAMS))

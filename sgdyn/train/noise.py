@@ -37,6 +37,11 @@ def _canonical_key(key) -> jax.Array:
         return key
     if isinstance(key, jax.Array) and key.shape == (2,):  # legacy uint32 key
         return jax.random.wrap_key_data(key)
+    integer = isinstance(key, int) and not isinstance(key, bool) or (
+        hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jnp.integer))
+    if not integer:
+        raise TypeError(f"key must be a jax.random.key, a legacy uint32 key or an integer seed, "
+                        f"got {key!r}")
     return jax.random.key(key)
 
 
