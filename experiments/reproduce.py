@@ -39,7 +39,7 @@ def _names(text):
 
 
 def main(argv=None) -> dict:
-    p = Parser(prog="reproduce.py", description=__doc__.strip().splitlines()[0])
+    p = Parser(prog="reproduce.py", description=__doc__.strip().split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="run everything small (for the tests)")
     p.add_argument("--out", default=None, help="output folder (default figures/, or "
                                                "results/reproduce_quick with --quick)")

@@ -42,6 +42,18 @@ class Progress:
 import argparse  # noqa: E402
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that ends each flag with its default, unless its text already names one (or it
+    has none: None, False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False or (
+                action.default is argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
 class Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line (no usage dump) and exits with status 2."""
 

@@ -59,8 +59,10 @@ def theory_values(cfg: dict) -> dict:
         else:
             asym = None
     if asym is not None:
-        if cfg["to"] == "saddle":
-            asym /= 2  # from the saddle each side is equally likely
+        # the formula counts full escapes; from the saddle itself (--to saddle, or zero lengths
+        # beyond it) each side is equally likely
+        if cfg["to"] == "saddle" or cfg["n_lengths"] == 0:
+            asym /= 2
         out["asymptotic_mean_exit_time"] = asym
         out["asymptotic_warnings"] = [str(w.message) for w in caught]
     return out

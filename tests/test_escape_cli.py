@@ -108,3 +108,22 @@ def test_full_batch_without_replacement_is_rejected(tmp_path):
     proc = run("--landscape", "kramers", "--dynamics", "sgd", "--lr", "0.1", "--batch-size",
                "20", "--n-examples", "20", "--without-replacement", "--particles", "10")
     assert proc.returncode != 0 and "no noise" in proc.stderr
+
+
+def test_zero_lengths_beyond_the_saddle_is_the_saddle():
+    """--to beyond --n-lengths 0 exits at the saddle: the same exact and asymptotic values as
+    --to saddle (the asymptotic formula counts full escapes and was not halved there)."""
+    import importlib.util
+
+    from sgdyn.single_escape import theory_values
+
+    spec = importlib.util.spec_from_file_location("escape_time", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    at_saddle = theory_values(mod.parse(["--to", "saddle"]))
+    zero_beyond = theory_values(mod.parse(["--to", "beyond", "--n-lengths", "0"]))
+    full = theory_values(mod.parse([]))
+    for key in ("exact_mean_exit_time", "asymptotic_mean_exit_time"):
+        assert zero_beyond[key] == pytest.approx(at_saddle[key], rel=1e-9), key
+    assert full["asymptotic_mean_exit_time"] == pytest.approx(
+        2 * at_saddle["asymptotic_mean_exit_time"], rel=1e-12)

@@ -98,7 +98,7 @@ def check_seeds(cfg: dict) -> None:
 def script_main(name: str, argv=None, doc: str | None = None) -> dict:
     """Parse flags for experiment ``name``, run it, write <out>/<name>.{png,json}; the payload."""
     mod = importlib.import_module(f"{__package__}.{name}")
-    parser = build_parser((doc or mod.__doc__).strip().splitlines()[0], mod.FULL, mod.HELP,
+    parser = build_parser((doc or mod.__doc__).strip().split("\n\n")[0], mod.FULL, mod.HELP,
                           prog=f"{name}.py")
     ns = parser.parse_args(argv)
     cfg = resolve(ns, mod.FULL, mod.QUICK)
