@@ -14,6 +14,7 @@ particle-steps in all, one compilation per dynamic and shape), without changing 
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -216,13 +217,17 @@ _samples = jax.jit(simulate_samples, static_argnames=("n_particles", "burn_in", 
 
 def sample_stationary(key, dynamic, x0, n_particles: int, burn_in: int, n_samples: int = 1,
                       thin: int = 1):
-    """Long-run samples: the ensemble after ``burn_in`` steps, then every ``thin`` steps.
+    """Long-run samples: the ensemble at steps burn_in + thin, burn_in + 2 thin, ...,
+    burn_in + n_samples * thin.
 
     Validates its arguments, then runs the jitted ``simulate_samples``. Returns
     (samples of shape (n_samples, n_particles, d), diverged mask of shape (n_particles,)).
     Diverged particles (NaN/inf, |x| > 1e8) are flagged and NaN from the tick they diverged;
     drop them before fitting.
-    Memory is n_samples * n_particles * d numbers; steps are rounded up to whole ticks.
+    Memory is n_samples * n_particles * d numbers. Steps come in ticks (one step for Gaussian
+    increments, several for the weak ones: ``sgdyn.rng.plan``), so ``burn_in`` and ``thin`` are
+    rounded up to whole ticks, with a RuntimeWarning when that changes them
+    (``simulate_samples`` returns the values used).
     """
     n_particles = _checks.positive_int("n_particles", n_particles)
     n_samples = _checks.positive_int("n_samples", n_samples)
@@ -234,4 +239,9 @@ def sample_stationary(key, dynamic, x0, n_particles: int, burn_in: int, n_sample
     if x0.shape != (dynamic.dim,):
         raise ValueError(f"x0 must have shape ({dynamic.dim},), got {x0.shape}")
     rec = _samples(key, dynamic, jnp.asarray(x0), n_particles, int(burn_in), n_samples, thin)
+    used = (int(rec.burn_in_steps), int(rec.thin_steps))
+    if used != (int(burn_in), thin):
+        warnings.warn(f"burn_in and thin were rounded up to whole ticks of this dynamic's "
+                      f"increments: burn_in {burn_in} -> {used[0]}, thin {thin} -> {used[1]} "
+                      f"steps", RuntimeWarning, stacklevel=2)
     return np.asarray(rec.x), np.asarray(rec.diverged)

@@ -738,6 +738,7 @@ def test_kernel_started_at_nan_or_inf_diverges_at_the_first_step(x0):
         np.testing.assert_allclose(np.asarray(rec.time), 0.01)
 
 
+@pytest.mark.filterwarnings("ignore:burn_in and thin were rounded")  # two-point: 64-step ticks
 @pytest.mark.parametrize("increments", ["gaussian", "two_point"])
 def test_divergent_samples_are_flagged_and_nan_from_then_on(increments):
     # lr * h = 2.5 > 2: the discrete chain grows by 1.5 per step from 0.1 (faster with noise),
@@ -856,3 +857,18 @@ def test_every_exit_path_runs_in_float64():
     for rec in (packed, swept[0].record, swept[1].record, simulated):
         for f in ("time", "escaped", "censored", "diverged"):
             np.testing.assert_array_equal(np.asarray(getattr(rec, f)), getattr(default, f))
+
+
+def test_stationary_samples_come_at_burn_in_plus_multiples_of_thin():
+    """The samples are the states at steps burn_in + k thin, k = 1..n_samples (the docstring
+    once read as if the first came at burn_in); ticks of weak increments round both up, and
+    sample_stationary says so."""
+    quiet = sg.SDE.make(sg.Quadratic.make(1.0), sg.Isotropic.make(1e-30), lr=0.01, batch_size=1)
+    xs, _ = sg.sample_stationary(jax.random.key(0), sg.EulerMaruyama.make(quiet), [1.0], 1,
+                                 burn_in=10, n_samples=3, thin=10)
+    np.testing.assert_allclose(xs[:, 0, 0], 0.99 ** np.array([20, 30, 40]), rtol=1e-5)
+    two_point = sg.EulerMaruyama.make(quiet, increments="two_point")  # 64-step ticks
+    with pytest.warns(RuntimeWarning, match=r"burn_in 3 -> 64, thin 1 -> 64"):
+        xs, _ = sg.sample_stationary(jax.random.key(0), two_point, [1.0], 1, burn_in=3,
+                                     n_samples=2, thin=1)
+    np.testing.assert_allclose(xs[:, 0, 0], 0.99 ** np.array([128, 192]), rtol=1e-4)
