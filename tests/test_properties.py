@@ -105,3 +105,17 @@ def test_every_particle_diverged_gives_no_estimate_not_infinity():
         est = sg.exit_time_estimate(np.full(64, 3.0), np.zeros(64, bool),
                                     diverged=np.ones(64, bool))
     assert est.method == "no-data" and math.isnan(est.mean) and est.n_diverged == 64
+
+
+def test_an_estimate_far_past_t_max_is_flagged():
+    """A censored mean more than 10 t_max away rests on the exponential assumption alone: a
+    RuntimeWarning says so (a run from a well's minimum with a short t_max once overestimated
+    5x in silence); at 5 t_max there is none."""
+    import warnings
+
+    tau = np.random.default_rng(0).exponential(10.0, 4000)
+    with pytest.warns(RuntimeWarning, match="times t_max"):
+        sg.exit_time_estimate(np.minimum(tau, 0.5), tau <= 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sg.exit_time_estimate(np.minimum(tau, 2.0), tau <= 2.0)
