@@ -79,6 +79,7 @@ def test_censored_estimator_coverage_on_shifted_exponentials(t_max):
     assert 0.91 <= np.mean(cover) <= 0.99, np.mean(cover)
 
 
+@pytest.mark.filterwarnings("ignore:the mean exit time")  # 10 t_max: flagged extrapolations
 @pytest.mark.parametrize("n, t_max", [(200, 2.0), (500, 1.0)])
 def test_censored_estimator_coverage_where_the_method_switches(n, t_max):
     """Exp(mean 10) censored at 1-2 (82-95% censored): about 20 escapes fall in the tail
