@@ -246,6 +246,8 @@ def test_ergodicity_condition():
         (dict(sigma2=float("inf")), "sigma2"),
         (dict(noise="brownian"), "noise"),
         (dict(x0=10.0), "x0"),
+        (dict(sigma_g=5.0), "sigma_g"),  # not Langevin's: once silently ignored
+        (dict(noise="pld_loss", sigma_g=1.0, sigma_h=1.0), "sigma2"),
     ],
 )
 def test_bad_arguments_raise_naming_the_argument(kwargs, name):

@@ -36,6 +36,12 @@ NOISES = ("langevin", "hessian", "pld_loss", "pld_local")
 def noise_covariance(noise, *, h_min, h_saddle, barrier, sigma2=None, sigma_g=None, sigma_h=None):
     """C(w) of a noise family in the Kramers well, as a numpy-vectorised function."""
     _checks.choice("noise", noise, NOISES)
+    wanted = ("sigma2",) if noise in ("langevin", "hessian") else ("sigma_g", "sigma_h")
+    given = dict(sigma2=sigma2, sigma_g=sigma_g, sigma_h=sigma_h)
+    stray = [name for name, value in given.items() if value is not None and name not in wanted]
+    if stray:  # silently ignored, a sweep over the wrong parameter would look flat
+        raise ValueError(f"{', '.join(stray)}: not a parameter of noise={noise!r}, which takes "
+                         f"{' and '.join(wanted)}")
     if noise in ("langevin", "hessian"):
         if sigma2 is None:
             raise ValueError(f"sigma2 is required for noise={noise!r}")
