@@ -71,6 +71,11 @@ class HessianNoise:
                              f"got eigenvalues {eig}")
         return HessianNoise(jnp.asarray(sigma2, float), chol)
 
+    def check_landscape(self, landscape) -> None:
+        """ValueError unless H(a) is the one this noise was made with (``SDE.make`` asks)."""
+        _same_reference("HessianNoise", (self.hessian_sqrt,),
+                        (_hessian_at_minimum(landscape)[1],))
+
     def factor(self, landscape, x):
         return jnp.sqrt(self.sigma2) * self.hessian_sqrt
 
@@ -104,6 +109,15 @@ def _basin(landscape):
     return landscape.loss(landscape.minimum), landscape.curvature_at_minimum()
 
 
+def _same_reference(name, made_with, given) -> None:
+    if not all(_checks.is_concrete(v) for v in (*made_with, *given)):
+        return  # under jit/vmap: the caller's business
+    if not all(np.allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-12)
+               for a, b in zip(made_with, given)):
+        raise ValueError(f"noise: this {name} was made for another landscape (the loss or "
+                         f"curvature at the minimum differ); make it with the SDE's landscape")
+
+
 @jax.jit
 def _hessian_at_minimum(landscape):
     """(eigenvalues, Cholesky factor) of H(a)."""
@@ -133,6 +147,10 @@ class PLDLoss:
         return PLDLoss(jnp.asarray(sigma_g, float), jnp.asarray(sigma_h, float),
                        jnp.asarray(h_ref, float), jnp.asarray(loss_ref, float),
                        _shape_factor(shape))
+
+    def check_landscape(self, landscape) -> None:
+        """ValueError unless L(a) and h_a are the ones this noise was made with."""
+        _same_reference("PLDLoss", (self.loss_ref, self.h_ref), _basin(landscape))
 
     def factor(self, landscape, x):
         excess = jnp.maximum(landscape.loss(x) - self.loss_ref, 0.0)

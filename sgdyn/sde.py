@@ -26,6 +26,8 @@ class SDE:
     def make(landscape, noise, lr, batch_size) -> "SDE":
         _checks.positive("lr", lr)
         _checks.positive("batch_size", batch_size)
+        if hasattr(noise, "check_landscape"):  # noise models that read the minimum at make()
+            noise.check_landscape(landscape)
         return SDE(landscape, noise, jnp.asarray(lr, float), jnp.asarray(batch_size, float))
 
     @property

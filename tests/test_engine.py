@@ -780,6 +780,13 @@ def test_divergent_samples_are_flagged_and_nan_from_then_on(increments):
                                        sg.Interval.make(-1, 1), [0.0], 0, 1.0), "n_particles"),
         (lambda: sg.MinibatchSGD.make(sg.LeastSquares.generate(10), 0.1, 11), "batch_size"),
         (lambda: sg.MinibatchSGD.make(sg.KramersWell.make(4.0, 4.0, 0.3), 0.1, 1), "problem"),
+        # noise made for another well (it would use that well's curvature h_a)
+        (lambda: sg.SDE.make(sg.KramersWell.make(2.0, 2.0, 0.3),
+                             sg.PLDLoss.make(sg.KramersWell.make(4.0, 4.0, 0.3), 2.0, 4.0),
+                             0.1, 1), "noise"),
+        (lambda: sg.SDE.make(sg.KramersWell.make(2.0, 2.0, 0.3),
+                             sg.HessianNoise.make(sg.KramersWell.make(4.0, 4.0, 0.3), 1.0),
+                             0.1, 1), "noise"),
         (lambda: sg.Quadratic.make([1.0, 2.0], dim=3), "h"),
         (lambda: sg.Quadratic.make(1.0, dim=3, center=[0.0, 1.0]), "center"),
         (lambda: sg.Quadratic.make([1.0, 2.0], center=[0.0, 1.0, 2.0]), "center"),
