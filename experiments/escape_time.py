@@ -21,6 +21,26 @@ from sgdyn.io import provenance, write_json
 from sgdyn.single_escape import escape_time_experiment
 
 
+# the flags each landscape and each dynamic reads; one that the run would ignore is refused
+LANDSCAPE_FLAGS = {"kramers": {"h_min", "h_saddle", "barrier", "to", "n_lengths"},
+                   "quadratic": {"h", "dim", "radius"},
+                   "double_well": {"scale", "tilt", "radius"},
+                   "styblinski_tang": {"dim", "scale", "radius"}}
+DYNAMICS_FLAGS = {"sgd": {"sigma_g", "sigma_h", "n_examples", "without_replacement"},
+                  "langevin": {"sigma2"}, "hessian": {"sigma2"},
+                  "pld": {"sigma_g", "sigma_h"}, "pld_local": {"sigma_g", "sigma_h"}}
+
+
+def _refuse_ignored_flags(p, cfg: dict) -> None:
+    for table, choice in ((LANDSCAPE_FLAGS, "landscape"), (DYNAMICS_FLAGS, "dynamics")):
+        if cfg[choice] not in table:
+            continue  # an unknown name: the library says so
+        for name in sorted(set().union(*table.values()) - table[cfg[choice]]):
+            if cfg[name] != p.get_default(name):
+                p.error(f"--{name.replace('_', '-')} does not apply to --{choice} "
+                        f"{cfg[choice]}")
+
+
 def parse(argv=None) -> dict:
     p = Parser(description=__doc__.strip().split("\n\n")[0],
                formatter_class=DefaultsFormatter)
@@ -61,7 +81,9 @@ def parse(argv=None) -> dict:
     p.add_argument("--checkpoint", default=None,
                    help="folder for finished chunks: a killed run resumes from them")
     p.add_argument("--json", default=None, help="write the result here (atomically)")
-    return vars(p.parse_args(argv))
+    cfg = vars(p.parse_args(argv))
+    _refuse_ignored_flags(p, cfg)
+    return cfg
 
 
 def main(argv=None) -> dict:

@@ -75,6 +75,10 @@ def test_sgd_dynamics_from_the_cli(tmp_path):
         (["--dt", "1.0", "--lr", "0.1"], "dt"),
         (["--barrier", "nan"], "barrier"),
         (["--particles", "ten"], "particles"),
+        # a flag the run would ignore (once silently)
+        (["--h", "3"], "--h does not apply to --landscape kramers"),
+        (["--landscape", "quadratic", "--barrier", "1"], "--barrier does not apply"),
+        (["--dynamics", "langevin", "--sigma-g", "3"], "--sigma-g does not apply"),
     ],
 )
 def test_bad_flags_print_one_line_and_exit_nonzero(args, needle):
