@@ -39,6 +39,8 @@ def _refuse_ignored_flags(p, cfg: dict) -> None:
             if cfg[name] != p.get_default(name):
                 p.error(f"--{name.replace('_', '-')} does not apply to --{choice} "
                         f"{cfg[choice]}")
+    if cfg["to"] == "saddle" and cfg["n_lengths"] != p.get_default("n_lengths"):
+        p.error("--n-lengths does not apply to --to saddle (the exit is the saddle itself)")
 
 
 def parse(argv=None) -> dict:

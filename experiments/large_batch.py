@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     a("--quick", action="store_true", help="small, < 1 min run (explicit flags still win)")
     a("--out", help="output folder for large_batch.json and large_batch.png")
     a("--fresh", action="store_true", help="ignore the progress of an interrupted run")
-    a("--quiet", action="store_true", help="no per-method progress lines")
+    a("--quiet", action="store_true", help="print nothing (no progress lines)")
     return p
 
 
@@ -270,8 +270,8 @@ def run_experiment(cfg: dict, prepared=None, log=print, progress_file=None) -> d
                           sharpness_examples=cfg["sharpness_examples"], **kw)
         results[name] = s = _summary(res)
         if s["n_diverged"]:
-            log(f"warning: {name}: seeds {s['diverged_seeds']} diverged (non-finite loss); "
-                f"excluded from mean/std", file=sys.stderr)
+            print(f"warning: {name}: seeds {s['diverged_seeds']} diverged (non-finite loss); "
+                  f"excluded from mean/std", file=sys.stderr, flush=True)  # even with --quiet
         log(f"{name:16s} test {s['test_acc']['mean']:.3f}±{s['test_acc']['std']:.3f}  "
             f"train {s['train_acc']['mean']:.3f}±{s['train_acc']['std']:.3f}  "
             f"sharpness {s['sharpness']['mean']:.3g}±{s['sharpness']['std']:.2g}  "
@@ -355,7 +355,7 @@ def main(argv=None) -> dict:
     plt.close(fig)
     io.write_json(files["json"], payload)
     progress_file.unlink(missing_ok=True)
-    print(f"wrote {files['json']} and {files['figure']} ({payload['run_time_s']:.0f} s)")
+    log(f"wrote {files['json']} and {files['figure']} ({payload['run_time_s']:.0f} s)")
     return payload
 
 

@@ -77,7 +77,8 @@ def main(argv=None) -> dict:
         if name == "large_batch":
             import large_batch  # experiments/large_batch.py
 
-            results[name] = large_batch.main(argv_)
+            # it keeps its own progress of finished methods: --fresh starts that over too
+            results[name] = large_batch.main(argv_ + (["--fresh"] if ns.fresh else []))
         else:
             results[name] = script_main(name, argv_)
         times[name] = time.perf_counter() - start

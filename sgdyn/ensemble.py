@@ -394,7 +394,8 @@ class SampleRecord(NamedTuple):
 
 def simulate_samples(key, dynamic, x0, n_particles: int, burn_in: int, n_samples: int,
                      thin: int = 1, *, first_particle=0, divergence_bound=1e8):
-    """States of the ensemble after ``burn_in`` steps and then every ``thin`` steps.
+    """States of the ensemble at steps burn_in + thin, burn_in + 2 thin, ..., burn_in +
+    n_samples * thin.
 
     Steps are grouped in ticks (``sgdyn.rng.plan``); ``burn_in`` and ``thin`` are rounded up to
     whole ticks and the values used are returned. Memory: n_samples * n_particles * d numbers.

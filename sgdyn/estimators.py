@@ -50,6 +50,7 @@ class ExitEstimate(NamedTuple):
 
 
 EXTRAPOLATION_WARNING = 10.0  # a censored estimate past this many t_max is flagged
+EXTRAPOLATED = "the mean exit time .* times t_max"  # its message, as a warnings filter sees it
 
 
 def exit_time_estimate(time, escaped, censored=None, diverged=None, confidence=0.95,

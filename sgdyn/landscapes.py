@@ -51,7 +51,8 @@ class Quadratic(Landscape):
         for name, shape in shapes.items():
             if len(shape) > 1:
                 raise ValueError(f"{name} must be a scalar or a vector, got shape {shape}")
-        lengths = {name: shape[0] for name, shape in shapes.items() if shape}
+        # one value per coordinate; a single value (scalar or length 1) broadcasts
+        lengths = {name: shape[0] for name, shape in shapes.items() if shape and shape[0] != 1}
         if dim is None:
             if len(set(lengths.values())) > 1:
                 raise ValueError(f"h has {lengths['h']} coordinates and center "

@@ -73,8 +73,9 @@ class HessianNoise:
 
     def check_landscape(self, landscape) -> None:
         """ValueError unless H(a) is the one this noise was made with (``SDE.make`` asks)."""
-        _same_reference("HessianNoise", (self.hessian_sqrt,),
-                        (_hessian_at_minimum(landscape)[1],))
+        if np.ndim(self.hessian_sqrt) == 2:  # stacked members (sgdyn.stack) were made one by one
+            _same_reference("HessianNoise", "Hessian", (self.hessian_sqrt,),
+                            (_hessian_at_minimum(landscape)[1],))
 
     def factor(self, landscape, x):
         return jnp.sqrt(self.sigma2) * self.hessian_sqrt
@@ -109,13 +110,13 @@ def _basin(landscape):
     return landscape.loss(landscape.minimum), landscape.curvature_at_minimum()
 
 
-def _same_reference(name, made_with, given) -> None:
+def _same_reference(name, what, made_with, given) -> None:
     if not all(_checks.is_concrete(v) for v in (*made_with, *given)):
         return  # under jit/vmap: the caller's business
     if not all(np.allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-12)
                for a, b in zip(made_with, given)):
-        raise ValueError(f"noise: this {name} was made for another landscape (the loss or "
-                         f"curvature at the minimum differ); make it with the SDE's landscape")
+        raise ValueError(f"noise: this {name} was made for another landscape (the {what} at "
+                         f"the minimum differs); make it with the SDE's landscape")
 
 
 @jax.jit
@@ -150,7 +151,9 @@ class PLDLoss:
 
     def check_landscape(self, landscape) -> None:
         """ValueError unless L(a) and h_a are the ones this noise was made with."""
-        _same_reference("PLDLoss", (self.loss_ref, self.h_ref), _basin(landscape))
+        if np.ndim(self.h_ref) == 0:  # stacked members (sgdyn.stack) were made one by one
+            _same_reference("PLDLoss", "loss or curvature", (self.loss_ref, self.h_ref),
+                            _basin(landscape))
 
     def factor(self, landscape, x):
         excess = jnp.maximum(landscape.loss(x) - self.loss_ref, 0.0)

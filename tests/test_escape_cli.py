@@ -79,6 +79,7 @@ def test_sgd_dynamics_from_the_cli(tmp_path):
         (["--h", "3"], "--h does not apply to --landscape kramers"),
         (["--landscape", "quadratic", "--barrier", "1"], "--barrier does not apply"),
         (["--dynamics", "langevin", "--sigma-g", "3"], "--sigma-g does not apply"),
+        (["--to", "saddle", "--n-lengths", "7"], "--n-lengths does not apply"),
     ],
 )
 def test_bad_flags_print_one_line_and_exit_nonzero(args, needle):

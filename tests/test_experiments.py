@@ -50,6 +50,7 @@ def test_every_script_writes_png_and_json_with_provenance(quick):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert {"provenance", "flags", "seeds", "run_time_s"} <= set(payload), name
         assert payload["flags"]["quick"] is True
+        assert payload["warnings"] == [], (name, payload["warnings"])  # no extrapolated point
         assert payload["provenance"]["versions"]["jax"]
     assert not list(out.glob("*.partial"))
 
@@ -169,16 +170,16 @@ def test_help_lists_every_parameter():
 
 
 def test_reproduce_reaches_large_batch(monkeypatch, tmp_path):
-    """reproduce.py calls experiments/large_batch.py's main with its own --out, --quick and
-    --quiet (its quick run once went to a temporary folder and was lost)."""
+    """reproduce.py calls experiments/large_batch.py's main with its own --out, --quick,
+    --quiet and --fresh (its quick run once went to a temporary folder and was lost)."""
     sys.path.insert(0, str(ROOT / "experiments"))
     import large_batch
 
     calls = []
     monkeypatch.setattr(large_batch, "main", lambda argv=None: calls.append(argv) or {})
     _load("reproduce").main(["--quick", "--quiet", "--only", "large_batch", "--out",
-                             str(tmp_path)])
-    assert calls == [["--out", str(tmp_path), "--quick", "--quiet"]]
+                             str(tmp_path), "--fresh"])
+    assert calls == [["--out", str(tmp_path), "--quick", "--quiet", "--fresh"]]
 
 
 def test_fits_leave_out_points_without_escapes_and_say_when_no_fit_is_left():
@@ -204,3 +205,13 @@ def test_ergodic_runs_that_all_diverge_give_no_growth_rate_instead_of_a_crash():
     assert run["n_diverged"] >= 49  # every run (or all but one) passed |x_j| = 1e8
     assert run["growth_rate"] is None and run["growth_rate_ci95"] == [None, None]
     assert "no growth rate" in run["growth_rate_note"]
+
+
+def test_points_extrapolated_far_past_t_max_are_flagged_in_the_json(tmp_path, capsys):
+    """A censoring time far below the mean (--t-max-factor 0.05) makes estimates that rest on
+    the exponential assumption alone: each is kept in the JSON's warnings and said on stderr
+    (the scripts once silenced every RuntimeWarning, this one included)."""
+    payload = _load("barrier").main(["--quick", "--t-max-factor", "0.05", "--out",
+                                     str(tmp_path)])
+    assert payload["warnings"] and all("times t_max" in w for w in payload["warnings"])
+    assert "times t_max" in capsys.readouterr().err

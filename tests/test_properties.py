@@ -85,10 +85,10 @@ def test_censored_estimator_coverage_where_the_method_switches(n, t_max):
     """Exp(mean 10) censored at 1-2 (82-95% censored): about 20 escapes fall in the tail
     window, where the estimator switches between its two censored methods. The symmetric
     delta-method interval covered 0.915 and 0.931 here, missing high 6.6% and 5.3% of the time;
-    the log-scale one covers 0.943 and 0.950, missing high 3.7% and 3.1% (40,000 repeats of the
-    first case in a review). At 200 particles the tail method is chosen in a quarter of the
+    the log-scale one covers 0.942 and 0.950, missing high 3.7% and 3.1% (20,000 and 6,000
+    repeats). At 200 particles the tail method is chosen in a quarter of the
     samples, those whose tail escapes came early, so it covers 0.87 there: the switch's own
-    bias, which the 0.943 overall includes. 10,000 repeats: the coverage band and the
+    bias, which the 0.942 overall includes. 10,000 repeats: the coverage band and the
     miss-high limit are 5.4 and 4.0 standard errors from the first case's values."""
     rng = np.random.default_rng(1)
     repeats, cover, above = 10_000, 0, 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 from scipy import stats
 
 from ..cli import Parser, Progress
+from ..estimators import EXTRAPOLATED
 from ..io import provenance, save_figure, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,13 +119,18 @@ def execute(mod, name: str, cfg: dict, out: Path, quiet: bool = False) -> dict:
 
     t0 = time.perf_counter()
     progress = Progress(mod.n_stages(cfg), name, quiet=quiet)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("ignore", RuntimeWarning)  # asymptotic-range warnings: recorded
+        # an estimate far past t_max is not: it is kept in the JSON and said on stderr
+        warnings.filterwarnings("always", EXTRAPOLATED, RuntimeWarning)
         results = mod.run(cfg, progress)
+    flagged = list(dict.fromkeys(str(w.message) for w in caught))
+    for message in [] if quiet else flagged:
+        print(f"[{name}] warning: {message}", file=sys.stderr)
     files = {"json": str(out / f"{name}.json"), "figure": str(out / f"{name}.png")}
     payload = {"experiment": name, "flags": cfg, "seeds": {"seed": cfg["seed"]}, **results,
-               "provenance": provenance(), "run_time_s": time.perf_counter() - t0,
-               "outputs": files}
+               "warnings": flagged, "provenance": provenance(),
+               "run_time_s": time.perf_counter() - t0, "outputs": files}
     fig = mod.plot(payload)
     save_figure(fig, files["figure"])
     plt.close(fig)
@@ -220,7 +227,7 @@ def points(ax, x, ests, label, color, marker="o", scale=1.0, positive=True, **kw
         lo = np.where(lo > 0, lo, m / 10)
     else:
         ok &= np.isfinite(lo) & np.isfinite(hi)
-    yerr = np.vstack([m - lo, hi - m])[:, ok]
+    yerr = np.vstack([m[ok] - lo[ok], hi[ok] - m[ok]])  # the missing points' inf - inf left out
     ax.errorbar(x[ok], m[ok], yerr=yerr, fmt=marker, color=color, ms=5, capsize=3,
                 label=label, zorder=3, **kw)
 
