@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     a("--quick", action="store_true", help="small, < 1 min run (explicit flags still win)")
     a("--out", help="output folder for large_batch.json and large_batch.png")
     a("--fresh", action="store_true", help="ignore the progress of an interrupted run")
-    a("--quiet", action="store_true", help="print nothing (no progress lines)")
+    a("--quiet", action="store_true", help="print only divergence warnings")
     return p
 
 

@@ -16,7 +16,9 @@ Diverged particles are excluded and counted apart.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 import warnings
 from typing import NamedTuple
 
@@ -51,6 +53,25 @@ class ExitEstimate(NamedTuple):
 
 EXTRAPOLATION_WARNING = 10.0  # a censored estimate past this many t_max is flagged
 EXTRAPOLATED = "the mean exit time .* times t_max"  # its message, as a warnings filter sees it
+
+
+@contextlib.contextmanager
+def recorded_extrapolations(ignore_other_runtime_warnings: bool = False):
+    """Collect the extrapolation warnings raised inside (each message once) into the list it
+    yields, for a script to keep with its results; every other warning is shown as usual on
+    leaving (other RuntimeWarnings dropped if ``ignore_other_runtime_warnings``)."""
+    flagged: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        if ignore_other_runtime_warnings:
+            warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.filterwarnings("always", EXTRAPOLATED, RuntimeWarning)
+        yield flagged
+    for w in caught:
+        message = str(w.message)
+        if issubclass(w.category, RuntimeWarning) and re.match(EXTRAPOLATED, message):
+            flagged.extend([] if message in flagged else [message])
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def exit_time_estimate(time, escaped, censored=None, diverged=None, confidence=0.95,

@@ -63,8 +63,9 @@ class Quadratic(Landscape):
             if n != dim:
                 raise ValueError(f"{name} has {n} coordinates but dim={dim}: give one value "
                                  f"or one per coordinate")
-        return Quadratic(jnp.asarray(h, float), jnp.broadcast_to(jnp.asarray(center, float), (dim,)),
-                         dim)
+        h = jnp.asarray(h, float)
+        h = h.reshape(()) if h.shape == (1,) else h  # one value: stacks like a scalar h
+        return Quadratic(h, jnp.broadcast_to(jnp.asarray(center, float), (dim,)), dim)
 
     def loss(self, x):
         return 0.5 * jnp.sum(self.h * (x - self.center) ** 2)

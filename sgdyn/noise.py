@@ -73,9 +73,9 @@ class HessianNoise:
 
     def check_landscape(self, landscape) -> None:
         """ValueError unless H(a) is the one this noise was made with (``SDE.make`` asks)."""
-        if np.ndim(self.hessian_sqrt) == 2:  # stacked members (sgdyn.stack) were made one by one
-            _same_reference("HessianNoise", "Hessian", (self.hessian_sqrt,),
-                            (_hessian_at_minimum(landscape)[1],))
+        reference = _per_member(_hessian_at_minimum, landscape, np.ndim(self.hessian_sqrt) - 2)
+        if reference is not None:
+            _same_reference("HessianNoise", "Hessian", (self.hessian_sqrt,), (reference[1],))
 
     def factor(self, landscape, x):
         return jnp.sqrt(self.sigma2) * self.hessian_sqrt
@@ -108,6 +108,17 @@ class PLDLocal:
 def _basin(landscape):
     """(L(a), h_a): the loss and mean Hessian eigenvalue at the minimum a."""
     return landscape.loss(landscape.minimum), landscape.curvature_at_minimum()
+
+
+def _per_member(reference, landscape, stacked_axes: int):
+    """``reference(landscape)``, for each member of a stack (``sgdyn.stack``) if the noise's
+    leaves carry a stacking axis; None where the landscape is not stacked alike (unchecked)."""
+    if not stacked_axes:
+        return reference(landscape)
+    try:
+        return jax.vmap(reference)(landscape)
+    except ValueError:  # a landscape without the stacking axis: nothing to compare member-wise
+        return None
 
 
 def _same_reference(name, what, made_with, given) -> None:
@@ -151,9 +162,10 @@ class PLDLoss:
 
     def check_landscape(self, landscape) -> None:
         """ValueError unless L(a) and h_a are the ones this noise was made with."""
-        if np.ndim(self.h_ref) == 0:  # stacked members (sgdyn.stack) were made one by one
+        reference = _per_member(_basin, landscape, np.ndim(self.h_ref))
+        if reference is not None:
             _same_reference("PLDLoss", "loss or curvature", (self.loss_ref, self.h_ref),
-                            _basin(landscape))
+                            reference)
 
     def factor(self, landscape, x):
         excess = jnp.maximum(landscape.loss(x) - self.loss_ref, 0.0)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 import warnings
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from . import _checks, theory
 from .build import THEORY_NOISE, make_dynamic, make_landscape
+from .estimators import recorded_extrapolations
 from .measure import measure_exit_times
 from .regions import Ball, Threshold
 from .sgd import noise_batch_size
@@ -99,12 +101,15 @@ def escape_time_experiment(cfg: dict) -> dict:
         if exact is None:
             raise ValueError("t_max is required when no exact exit time is known")
         t_max = 20 * exact
-    res = measure_exit_times(jax.random.key(cfg["seed"]), dynamic, region,
-                             np.asarray(landscape.minimum), cfg["particles"], t_max,
-                             correction=cfg["correction"], chunk_size=cfg["chunk_size"],
-                             checkpoint=cfg.get("checkpoint"))
+    with recorded_extrapolations() as flagged:
+        res = measure_exit_times(jax.random.key(cfg["seed"]), dynamic, region,
+                                 np.asarray(landscape.minimum), cfg["particles"], t_max,
+                                 correction=cfg["correction"], chunk_size=cfg["chunk_size"],
+                                 checkpoint=cfg.get("checkpoint"))
+    for message in flagged:
+        print(f"warning: {message}", file=sys.stderr)
     out = {"arguments": cfg, "t_max": res.record.t_max, **res.estimate.as_dict(), **theory_out,
-           "dt": float(dynamic.dt), "run_time_s": time.time() - start}
+           "dt": float(dynamic.dt), "warnings": flagged, "run_time_s": time.time() - start}
     if not np.isfinite(out["ci95"][1]):
         out["ci95"][1] = None  # an unbounded interval (no escape) is null in JSON
     if not math.isfinite(out["mean_exit_time"]):

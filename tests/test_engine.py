@@ -883,11 +883,15 @@ def test_stationary_samples_come_at_burn_in_plus_multiples_of_thin():
 
 def test_noise_made_for_its_landscape_is_accepted_alone_stacked_and_broadcast():
     """SDE.make's landscape check passes what was always valid: a stacked ensemble of members
-    (each made with its own landscape), and a Quadratic with one curvature or centre given as a
-    length-1 vector (it broadcasts over dim)."""
+    (each made with its own landscape; a mismatched stack is refused), and a Quadratic with one
+    curvature or centre given as a length-1 vector (it broadcasts over dim)."""
     qs = [sg.Quadratic.make(h, dim=2) for h in (1.0, 2.0)]
+    others = [sg.Quadratic.make(h, dim=2) for h in (5.0, 7.0)]
     for make in (lambda q: sg.PLDLoss.make(q, 1.0, 1.0), lambda q: sg.HessianNoise.make(q, 1.0)):
         sg.SDE.make(sg.stack(qs), sg.stack([make(q) for q in qs]), 0.1, 1)
+        with pytest.raises(ValueError, match="noise"):  # a stack is checked member by member
+            sg.SDE.make(sg.stack(others), sg.stack([make(q) for q in qs]), 0.1, 1)
     one = sg.Quadratic.make(np.array([2.0]), dim=3, center=[0.5])
-    assert one.dim == 3 and np.allclose(one.center, 0.5)
+    assert one.dim == 3 and one.h.shape == () and np.allclose(one.center, 0.5)
     sg.SDE.make(one, sg.PLDLoss.make(one, 1.0, 1.0), 0.1, 1)
+    sg.stack([one, sg.Quadratic.make(3.0, dim=3)])  # a length-1 h stacks like a scalar

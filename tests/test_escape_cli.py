@@ -53,7 +53,18 @@ def test_escape_time_cli_writes_json_with_theory(tmp_path):
     # dt = 0.02 Euler is within 10% of the exact value here (the engine tests are the sharp ones)
     assert res["mean_exit_time"] == pytest.approx(res["exact_mean_exit_time"], rel=0.1)
     assert res["n_escaped"] + res["n_censored"] == 2000
-    assert res["arguments"]["dynamics"] == "pld"
+    assert res["arguments"]["dynamics"] == "pld" and res["warnings"] == []
+
+
+def test_an_estimate_far_past_t_max_is_kept_in_the_json_and_said(tmp_path):
+    """t_max 1 against an exact mean of 24.6: the estimate extrapolates (125 here), and the
+    JSON and stderr say so."""
+    out = tmp_path / "out.json"
+    proc = run("--t-max", "1", "--particles", "2000", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out.read_text())
+    assert len(res["warnings"]) == 1 and "times t_max" in res["warnings"][0]
+    assert "times t_max" in proc.stderr
 
 
 def test_sgd_dynamics_from_the_cli(tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import stats
 
 from ..cli import Parser, Progress
-from ..estimators import EXTRAPOLATED
+from ..estimators import recorded_extrapolations
 from ..io import provenance, save_figure, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,13 +119,11 @@ def execute(mod, name: str, cfg: dict, out: Path, quiet: bool = False) -> dict:
 
     t0 = time.perf_counter()
     progress = Progress(mod.n_stages(cfg), name, quiet=quiet)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("ignore", RuntimeWarning)  # asymptotic-range warnings: recorded
-        # an estimate far past t_max is not: it is kept in the JSON and said on stderr
-        warnings.filterwarnings("always", EXTRAPOLATED, RuntimeWarning)
+    # asymptotic-range warnings are recorded in the points; an estimate far past t_max is
+    # kept in the JSON and said on stderr (--quiet or not)
+    with recorded_extrapolations(ignore_other_runtime_warnings=True) as flagged:
         results = mod.run(cfg, progress)
-    flagged = list(dict.fromkeys(str(w.message) for w in caught))
-    for message in [] if quiet else flagged:
+    for message in flagged:
         print(f"[{name}] warning: {message}", file=sys.stderr)
     files = {"json": str(out / f"{name}.json"), "figure": str(out / f"{name}.png")}
     payload = {"experiment": name, "flags": cfg, "seeds": {"seed": cfg["seed"]}, **results,
