@@ -2,7 +2,8 @@ r"""Exit regions and the boundary corrections for exit times measured on a time 
 
 A region is the set the particle starts in; it *exits* at the first step that leaves it.
 Each region gives ``distance(x)`` (>= 0 inside: distance to the boundary, in parameter units)
-and ``normal(x)`` (the unit outward normal of the nearest boundary point).
+and ``normal(x)`` (the unit outward normal of the nearest boundary point). The built-in ones
+also take ``xp=numpy``, so that a run's start is checked on the host with nothing to compile.
 
 Checking the boundary only at grid times misses excursions between them and overestimates
 exit times by O(sqrt(dt)) (THEORY.md section 5). Two corrections give O(dt):
@@ -34,7 +35,7 @@ class Halfspace:
     direction: jax.Array
     level: jax.Array
 
-    def distance(self, x):
+    def distance(self, x, xp=jnp):
         return self.level - self.direction @ x
 
     def normal(self, x):
@@ -65,8 +66,8 @@ class Ball:
         _checks.positive("radius", radius)
         return Ball(jnp.atleast_1d(jnp.asarray(center, float)), jnp.asarray(radius, float))
 
-    def distance(self, x):
-        return self.radius - jnp.linalg.norm(x - self.center)
+    def distance(self, x, xp=jnp):
+        return self.radius - xp.linalg.norm(x - self.center)
 
     def normal(self, x):
         dx = x - self.center
@@ -89,8 +90,8 @@ class Interval:
             raise ValueError(f"low must be < high, got low={low}, high={high}")
         return Interval(jnp.asarray(low, float), jnp.asarray(high, float))
 
-    def distance(self, x):
-        return jnp.minimum(x[0] - self.low, self.high - x[0])
+    def distance(self, x, xp=jnp):
+        return xp.minimum(x[0] - self.low, self.high - x[0])
 
     def normal(self, x):
         upper = self.high - x[0] < x[0] - self.low
@@ -117,7 +118,11 @@ def _distance(region, x):
 
 def check_start(region, x0) -> None:
     """ValueError unless x0 lies strictly inside the region."""
-    d = float(_distance(region, np.asarray(x0, jax.dtypes.canonicalize_dtype(float))))
+    x0 = np.asarray(x0, jax.dtypes.canonicalize_dtype(float))
+    if type(region) in (Halfspace, Ball, Interval):  # in numpy: a first call compiles nothing
+        d = float(jax.tree.map(np.asarray, region).distance(x0, xp=np))
+    else:  # a user's region: its own distance, compiled once per type
+        d = float(_distance(region, x0))
     if not d > 0:
         raise ValueError(f"x0 must lie strictly inside the exit region (distance to boundary "
                          f"{d:.4g} <= 0), got x0={x0}")

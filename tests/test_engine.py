@@ -895,3 +895,29 @@ def test_noise_made_for_its_landscape_is_accepted_alone_stacked_and_broadcast():
     assert one.dim == 3 and one.h.shape == () and np.allclose(one.center, 0.5)
     sg.SDE.make(one, sg.PLDLoss.make(one, 1.0, 1.0), 0.1, 1)
     sg.stack([one, sg.Quadratic.make(3.0, dim=3)])  # a length-1 h stacks like a scalar
+
+
+def test_a_built_in_regions_start_check_compiles_nothing():
+    """check_start evaluates a built-in region's distance in numpy (a first call once paid a
+    ~30 ms compilation for it); a user's region still goes through its own jitted distance,
+    and both refuse a start on or past the boundary."""
+    from sgdyn import regions
+
+    built_in = [(sg.Threshold(1.0, dim=3, axis=2), [0.0, 0.0, 0.5], [0.0, 0.0, 1.0]),
+                (sg.Ball.make([0.0, 1.0], 2.0), [0.5, 0.5], [0.0, 3.5]),
+                (sg.Interval.make(-1.0, 2.0), [1.5], [-1.5])]
+    regions._distance.clear_cache()
+    for region, inside, outside in built_in:
+        regions.check_start(region, inside)
+        with pytest.raises(ValueError, match="x0"):
+            regions.check_start(region, outside)
+    assert regions._distance._cache_size() == 0  # the jitted distance was never called
+
+    @jax.tree_util.register_static
+    class Slab:  # |x_0| < 1, written by a user
+        def distance(self, x):
+            return 1.0 - jnp.abs(x[0])
+
+    regions.check_start(Slab(), [0.5])
+    with pytest.raises(ValueError, match="x0"):
+        regions.check_start(Slab(), [1.5])
