@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
+import sys
 import warnings
 from typing import NamedTuple
 
@@ -49,6 +51,18 @@ class ExitEstimate(NamedTuple):
             "n_diverged": self.n_diverged,
             "naive_mean_of_escaped": self.naive_mean,
         }
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _first_level_outside_sgdyn() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside sgdyn (the user's
+    line, however many sgdyn functions lie between), for the function that calls this."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 EXTRAPOLATION_WARNING = 10.0  # a censored estimate past this many t_max is flagged
@@ -116,7 +130,7 @@ def exit_time_estimate(time, escaped, censored=None, diverged=None, confidence=0
             warnings.warn(f"the mean exit time {mean:.4g} is {mean / time[censored].max():.0f} "
                           f"times t_max, extrapolated from {k} escapes of {k + m}: it assumes an "
                           f"exponential law from the start; a longer t_max measures it",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=_first_level_outside_sgdyn())
         return ExitEstimate(float(mean), (float(ci[0]), float(ci[1])), confidence, method, k, m,
                             nd, naive)
 

@@ -115,8 +115,14 @@ def test_an_estimate_far_past_t_max_is_flagged():
     import warnings
 
     tau = np.random.default_rng(0).exponential(10.0, 4000)
-    with pytest.warns(RuntimeWarning, match="times t_max"):
+    with pytest.warns(RuntimeWarning, match="times t_max") as caught:
         sg.exit_time_estimate(np.minimum(tau, 0.5), tau <= 0.5)
+    # pointing at the caller's line, also through measure_exit_times (not at sgdyn's own)
+    well = sg.KramersWell.make(4.0, 4.0, 0.3)
+    dyn = sg.EulerMaruyama.make(sg.SDE.make(well, sg.PLDLoss.make(well, 2.0, 4.0), 0.1, 1), 0.1)
+    with pytest.warns(RuntimeWarning, match="times t_max") as through_measure:
+        sg.measure_exit_times(jax.random.key(0), dyn, sg.Threshold(1.0), [0.0], 2000, 1.0)
+    assert [w.filename for w in (caught[0], through_measure[0])] == [__file__, __file__]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sg.exit_time_estimate(np.minimum(tau, 2.0), tau <= 2.0)
