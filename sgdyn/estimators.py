@@ -110,11 +110,12 @@ def exit_time_estimate(time, escaped, censored=None, diverged=None, confidence=0
     times of a law that is not exponential there, they are biased. A censored estimate more
     than ``EXTRAPOLATION_WARNING`` times t_max comes with a RuntimeWarning: it rests on that
     assumption alone (from a well's minimum the first escapes come late, so a short run
-    overestimates). Measured coverage of the
-    95% interval on exponential exit times, 3000 replications each, 200-2000 particles, 14-95%
-    censored: 0.943-0.952 (0.915-0.958 with the former symmetric interval). Lowest where
-    about ``min_tail_events`` escapes fall in the tail window: the tail fit is then chosen
-    when they came early, and covers 0.87 given that choice (0.942 overall).
+    overestimates).
+
+    Measured coverage of the 95% interval on exponential exit times, 3000 replications each,
+    200-2000 particles, 14-95% censored: 0.943-0.952 (0.915-0.958 with the former symmetric
+    interval). Lowest where about ``min_tail_events`` escapes fall in the tail window: the tail
+    fit is then chosen when they came early, and covers 0.87 given that choice (0.942 overall).
     """
     _checks.in_range("confidence", confidence, 0.0, 1.0)
     time = np.asarray(time, float)
