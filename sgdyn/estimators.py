@@ -83,7 +83,8 @@ def recorded_extrapolations(ignore_other_runtime_warnings: bool = False):
     for w in caught:
         message = str(w.message)
         if issubclass(w.category, RuntimeWarning) and re.match(EXTRAPOLATED, message):
-            flagged.extend([] if message in flagged else [message])
+            if message not in flagged:
+                flagged.append(message)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
@@ -124,12 +125,13 @@ def exit_time_estimate(time, escaped, censored=None, diverged=None, confidence=0
     censored = (~escaped & ~diverged) if censored is None else np.asarray(censored, bool)
     k, m, nd = int(escaped.sum()), int(censored.sum()), int(diverged.sum())
     naive = float(time[escaped].mean()) if k else math.nan
+    t_max = float(time[censored].max()) if m else math.nan  # the censoring time
     alpha = 1 - confidence
 
     def result(mean, ci, method):
-        if m and math.isfinite(mean) and mean > EXTRAPOLATION_WARNING * float(time[censored].max()):
-            warnings.warn(f"the mean exit time {mean:.4g} is {mean / time[censored].max():.0f} "
-                          f"times t_max, extrapolated from {k} escapes of {k + m}: it assumes an "
+        if m and math.isfinite(mean) and mean > EXTRAPOLATION_WARNING * t_max:
+            warnings.warn(f"the mean exit time {mean:.4g} is {mean / t_max:.0f} times t_max, "
+                          f"extrapolated from {k} escapes of {k + m}: it assumes an "
                           f"exponential law from the start; a longer t_max measures it",
                           RuntimeWarning, stacklevel=_first_level_outside_sgdyn())
         return ExitEstimate(float(mean), (float(ci[0]), float(ci[1])), confidence, method, k, m,
@@ -137,7 +139,7 @@ def exit_time_estimate(time, escaped, censored=None, diverged=None, confidence=0
 
     if k == 0 and m == 0:  # every particle diverged: no information on the exit time
         warnings.warn(f"all {nd} particles diverged: no exit-time estimate", RuntimeWarning,
-                      stacklevel=2)
+                      stacklevel=_first_level_outside_sgdyn())
         return result(math.nan, (math.nan, math.nan), "no-data")
     if k == 0:  # no escape: only a lower bound on the mean is known
         s = float(time[censored].sum())
@@ -152,7 +154,6 @@ def exit_time_estimate(time, escaped, censored=None, diverged=None, confidence=0
 
     use = escaped | censored
     t, esc, cens = time[use], escaped[use], censored[use]
-    t_max = float(t[cens].max())
     t_c = t_max / 2
     tail = esc & (t > t_c)
     if tail.sum() >= min_tail_events:
