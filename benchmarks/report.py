@@ -110,6 +110,9 @@ def summarize(res):
 
 def table(res):
     lines = [f"sgdyn benchmark on {res['machine']}  ({'quick' if res['quick'] else 'full'})"]
+    if res.get("cpu"):  # older results files lack these
+        lines.append(f"CPU {res['cpu']}; " + ", ".join(
+            f"{k} {v}" for k, v in res.get("versions", {}).items() if v))
     if "ceilings" in res:
         c = res["ceilings"]
         lines += ["", "Ceilings (inside lax.scan, n = %d)" % c["n"],

@@ -569,6 +569,36 @@ SECTIONS = {"ceilings": run_ceilings, "throughput": run_throughput, "exit": run_
             "training": run_training}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows: hosts of one VM type differ,
+    and the compared tools do not gain alike from a faster one."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    if "model name" not in info:
+        return platform.processor() or platform.machine()
+    # a VM may show only the brand ("AMD EPYC"): family and model tell the generation
+    return f"{info['model name']} (family {info.get('cpu family')}, model {info.get('model')})"
+
+
+def versions() -> dict:
+    """Versions of the packages whose speed the benchmark compares (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("jax", "jaxlib", "numpy", "diffrax", "equinox", "flax", "optax"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds): a smoke test")
@@ -597,7 +627,7 @@ def main(argv=None):
                        f"{os.cpu_count()} CPUs, jax {jax.__version__} "
                        f"{jax.devices()[0].platform} x{jax.device_count()}"
                        + ("" if on_cpu else f" ({jax.devices()[0].device_kind})"),
-               quick=args.quick, sizes="quick" if args.quick else "cpu" if on_cpu else "accelerator",
+               cpu=cpu_model(), versions=versions(), quick=args.quick, sizes="quick" if args.quick else "cpu" if on_cpu else "accelerator",
                config={k: v for k, v in cfg.items()},
                started=time.strftime("%Y-%m-%d %H:%M:%S"))
     if args.merge and args.out and args.out.exists():
