@@ -9,7 +9,8 @@ Flat public API. The pieces, each in its own module:
 - exit regions (``Threshold``, ``Halfspace``, ``Ball``, ``Interval``) with boundary corrections;
 - the engine (``simulate_exits``, ``simulate_samples``) and the one-call
   ``measure_exit_times`` / ``sweep_exit_times``;
-- estimators (``exit_time_estimate``, ``kaplan_meier``) and exact theory (``sgdyn.theory``);
+- estimators (``exit_time_estimate``, ``constant_rate_test``, ``kaplan_meier``) and exact
+  theory (``sgdyn.theory``);
 - ``enable_compilation_cache``: keep compiled kernels on disk across processes.
 
 Time is t = k * lr throughout.
@@ -18,7 +19,7 @@ Time is t = k * lr throughout.
 from . import theory
 from .cache import enable_compilation_cache
 from .ensemble import ExitRecord, SampleRecord, simulate_exits, simulate_samples
-from .estimators import ExitEstimate, exit_time_estimate, kaplan_meier
+from .estimators import ExitEstimate, constant_rate_test, exit_time_estimate, kaplan_meier
 from .landscapes import DoubleWell, KramersWell, Quadratic, Reparametrized, StyblinskiTang
 from .measure import (ExitResult, measure_exit_times, sample_stationary, stack,
                       sweep_exit_times)
@@ -37,7 +38,8 @@ __all__ = [
     "Halfspace", "HessianNoise", "Interval", "Isotropic", "KramersWell", "LeastSquares",
     "MinibatchSGD", "PLDLocal", "PLDLoss", "Quadratic", "Reparametrized", "SDE", "SampleRecord",
     "StyblinskiTang", "SyntheticPLD", "Threshold", "enable_compilation_cache",
-    "exit_time_estimate", "gradient_noise_covariance", "kaplan_meier", "measure_exit_times",
+    "constant_rate_test", "exit_time_estimate", "gradient_noise_covariance", "kaplan_meier",
+    "measure_exit_times",
     "pld_parameters", "sample_stationary", "simulate_exits", "simulate_samples", "stack",
     "sweep_exit_times", "theory",
 ]

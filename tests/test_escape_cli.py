@@ -57,14 +57,17 @@ def test_escape_time_cli_writes_json_with_theory(tmp_path):
 
 
 def test_an_estimate_far_past_t_max_is_kept_in_the_json_and_said(tmp_path):
-    """t_max 1 against an exact mean of 24.6: the estimate extrapolates (125 here), and the
-    JSON and stderr say so."""
+    """t_max 1 against an exact mean of 24.6: the estimate extrapolates (125 here) from a
+    rate that was still rising (no escape before t = 0.5, 16 after), and the JSON and stderr
+    say both."""
     out = tmp_path / "out.json"
     proc = run("--t-max", "1", "--particles", "2000", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     res = json.loads(out.read_text())
-    assert len(res["warnings"]) == 1 and "times t_max" in res["warnings"][0]
-    assert "times t_max" in proc.stderr
+    assert len(res["warnings"]) == 2, res["warnings"]
+    assert "times t_max" in res["warnings"][0]
+    assert "constant exit rate from the start" in res["warnings"][1]
+    assert "times t_max" in proc.stderr and "constant exit rate" in proc.stderr
 
 
 def test_sgd_dynamics_from_the_cli(tmp_path):
