@@ -189,9 +189,10 @@ def judge(est, exact, tol):
                 n_escaped=est.n_escaped, n_censored=est.n_censored, method=est.method)
 
 
-def _estimate(time_, escaped):
+def _estimate(time_, escaped, dt):
+    """The estimate of an alternative's record (times on its grid of steps dt)."""
     time_, escaped = np.asarray(time_, float), np.asarray(escaped, bool)
-    return sg.exit_time_estimate(time_, escaped, ~escaped)
+    return sg.exit_time_estimate(time_, escaped, ~escaped, dt=dt)
 
 
 def exit_tools(problem, dt, n):
@@ -216,11 +217,11 @@ def exit_tools(problem, dt, n):
         "sgdyn (gaussian)": sgdyn("gaussian"),
         "sgdyn (three_point)": sgdyn("three_point"),
         "sgdyn (three_point, 2048 slots)": sgdyn("three_point", n_slots=2048),
-        "numpy": lambda seed: _estimate(*alt.numpy_exits(problem, n, dt, t_alt, seed)),
+        "numpy": lambda seed: _estimate(*alt.numpy_exits(problem, n, dt, t_alt, seed), dt),
         "diffrax_vmap_unsafe": lambda seed: _estimate(*jax.device_get(vmapped(
-            jax.random.key(seed)))),
+            jax.random.key(seed))), dt),
         "diffrax_ensemble": lambda seed: _estimate(*jax.device_get(ensemble(
-            jax.random.key(seed)))),
+            jax.random.key(seed))), dt),
     }
 
 
@@ -267,14 +268,14 @@ def run_sweep(cfg):
                                                                 t_max, **kw)]
 
     def np_loop():
-        return [_estimate(*r) for r in alt.numpy_sweep(probs, n, dt, t_alt)]
+        return [_estimate(*r, dt) for r in alt.numpy_sweep(probs, n, dt, t_alt)]
 
     def dfx_vmap():
         t, esc = jax.device_get(alt.diffrax_sweep_vmap_solver(probs, n, dt, t_alt)(key))
-        return [_estimate(t[i], esc[i]) for i in range(len(probs))]  # (problem, particle)
+        return [_estimate(t[i], esc[i], dt) for i in range(len(probs))]  # (problem, particle)
 
     def dfx_ens():
-        return [_estimate(*jax.device_get(alt.diffrax_ensemble_solver(p, n, dt, t)(key)))
+        return [_estimate(*jax.device_get(alt.diffrax_ensemble_solver(p, n, dt, t)(key)), dt)
                 for p, t in zip(probs, t_alt)]
 
     rows = []

@@ -72,10 +72,11 @@ def _bound_tag(divergence_bound):
     return () if float(divergence_bound) == 1e8 else (float(divergence_bound),)
 
 
-def result(record: ExitRecord, confidence: float = 0.95) -> ExitResult:
-    """A numpy record with its censoring-aware estimate."""
+def result(record: ExitRecord, dynamic, confidence: float = 0.95) -> ExitResult:
+    """A numpy record of ``dynamic`` with its censoring-aware estimate (on its grid of steps)."""
     return ExitResult(record, exit_time_estimate(record.time, record.escaped, record.censored,
-                                                 record.diverged, confidence))
+                                                 record.diverged, confidence,
+                                                 dt=float(np.asarray(dynamic.dt))))
 
 
 def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, correction=None,
@@ -135,7 +136,7 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
         parts.append(rec)
     record = ExitRecord(*(np.concatenate([getattr(p, f) for p in parts])
                           for f in ExitRecord._fields[:-1]), t_max=float(parts[0].t_max))
-    return result(record, confidence)
+    return result(record, dynamic, confidence)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -192,12 +193,13 @@ def sweep_exit_times(key, dynamics, regions, x0, n_particles: int, t_max, *, cor
                                  correction=correction, n_slots=n_slots,
                                  ticks_per_block=ticks_per_block, min_bucket=min_bucket,
                                  first_tier=m == 1),
-                       confidence)
+                       dyn, confidence)
                 for dyn, reg, x, t in zip(dynamics, regions, x0, t_max)]
     recs = jax.device_get(_sweep(key, stack(dynamics), stack(regions), jnp.asarray(np.stack(x0)),
                                  n_particles, jnp.asarray(t_max, float), correction,
                                  ticks_per_block))
-    return [result(_to_numpy(jax.tree.map(lambda a: a[i], recs)), confidence) for i in range(m)]
+    return [result(_to_numpy(jax.tree.map(lambda a: a[i], recs)), dyn, confidence)
+            for i, dyn in enumerate(dynamics)]
 
 
 def _to_numpy(record) -> ExitRecord:

@@ -83,7 +83,7 @@ def measure_exit_times_sharded(key, dynamic, region, x0, n_particles: int, t_max
     return result(run_exits(key, dynamic, region, x0, 0, n_particles, t_max,
                             correction=correction, mesh=mesh, n_slots=n_slots,
                             ticks_per_block=ticks_per_block, min_bucket=min_bucket,
-                            divergence_bound=divergence_bound), confidence)
+                            divergence_bound=divergence_bound), dynamic, confidence)
 
 
 def simulate_exits_sharded(key, dynamic, region, x0, n_particles: int, t_max, *,

@@ -128,9 +128,9 @@ def test_alternatives_agree_on_exit_times():
     """Same scheme, same dt: the alternatives' exit times agree with sgdyn's within noise."""
     dt, n, t_max = 0.04, 1000, 3 * PLD1.exact
     ests = {
-        "numpy": bench._estimate(*alt.numpy_exits(PLD1, n, dt, t_max, 1)),
+        "numpy": bench._estimate(*alt.numpy_exits(PLD1, n, dt, t_max, 1), dt),
         "ensemble": bench._estimate(*alt.diffrax_ensemble_solver(PLD1, n, dt, t_max)(
-            __import__("jax").random.key(1))),
+            __import__("jax").random.key(1)), dt),
     }
     for name, est in ests.items():
         se = (est.ci[1] - est.ci[0]) / 2 / 1.96
