@@ -37,6 +37,15 @@ class ExitResult(NamedTuple):
     estimate: ExitEstimate
 
 
+def _start(dynamic, x0) -> np.ndarray:
+    """x0 as a finite start of shape (d,) for ``dynamic``, or a ValueError naming it."""
+    _checks.finite("x0", x0)
+    x0 = np.atleast_1d(np.asarray(x0, float))
+    if x0.shape != (dynamic.dim,):
+        raise ValueError(f"x0 must have shape ({dynamic.dim},), got {x0.shape}")
+    return x0
+
+
 def _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size,
               confidence=0.95):
     _checks.in_range("confidence", confidence, 0.0, 1.0)  # before the run, not after it
@@ -51,10 +60,7 @@ def _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size,
     if correction is not None and not hasattr(dynamic, "std_along"):
         raise ValueError(f"correction={correction!r} needs an SDE dynamic (Euler-Maruyama); "
                          f"{type(dynamic).__name__} has no noise level to correct with")
-    _checks.finite("x0", x0)
-    x0 = np.atleast_1d(np.asarray(x0, float))
-    if x0.shape != (dynamic.dim,):
-        raise ValueError(f"x0 must have shape ({dynamic.dim},), got {x0.shape}")
+    x0 = _start(dynamic, x0)
     check_dim(region, dynamic.dim)
     dt = np.asarray(dynamic.dt)
     # step counts are int32, and a block may run up to ticks_per_block x steps_per_tick steps
@@ -236,10 +242,7 @@ def sample_stationary(key, dynamic, x0, n_particles: int, burn_in: int, n_sample
     thin = _checks.positive_int("thin", thin)
     if isinstance(burn_in, bool) or not isinstance(burn_in, (int, np.integer)) or burn_in < 0:
         raise ValueError(f"burn_in must be an integer >= 0 (steps), got {burn_in!r}")
-    _checks.finite("x0", x0)
-    x0 = np.atleast_1d(np.asarray(x0, float))
-    if x0.shape != (dynamic.dim,):
-        raise ValueError(f"x0 must have shape ({dynamic.dim},), got {x0.shape}")
+    x0 = _start(dynamic, x0)
     rec = _samples(key, dynamic, jnp.asarray(x0), n_particles, int(burn_in), n_samples, thin)
     used = (int(rec.burn_in_steps), int(rec.thin_steps))
     if used[0] > 2 * int(burn_in) or used[1] > 2 * thin:  # not the default thin=1 -> 2
