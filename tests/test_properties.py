@@ -139,13 +139,15 @@ def test_constant_rate_test_by_hand():
     early, late, p = sg.constant_rate_test([1.2, 1.7, 2.0], [True, True, False], 1.0, 2.0)
     assert early == pytest.approx(1 / 1.2) and late == pytest.approx(1 / 0.7)
     assert p == pytest.approx(stats.binomtest(1, 2, 1.2 / 1.9).pvalue)
-    early, late, p = sg.constant_rate_test([1.2, 1.5, 1.8], [True, True, False], 1.0, 2.0,
-                                           dt=0.3)
-    assert early == pytest.approx(1 / 0.9) and late == pytest.approx(1 / 0.9)
-    assert p == pytest.approx(stats.binomtest(1, 2, 0.5).pvalue)
+    for nudge in (0.0, 1e-9):  # float times a hair off their grid points go to them
+        early, late, p = sg.constant_rate_test([1.2 + nudge, 1.5 - nudge, 1.8],
+                                               [True, True, False], 1.0, 2.0, dt=0.3)
+        assert early == pytest.approx(1 / 0.9) and late == pytest.approx(1 / 0.9)
+        assert p == pytest.approx(stats.binomtest(1, 2, 0.5).pvalue)
     assert sg.constant_rate_test([3.0, 3.0], [False, False], 1.0, 2.0)[2] == 1.0
-    with pytest.raises(ValueError, match="dt must be"):
-        sg.exit_time_estimate([1.0, 2.0], [True, True], dt=0.0)
+    for bad in (0.0, [0.1, 0.2]):
+        with pytest.raises(ValueError, match="dt must be"):
+            sg.exit_time_estimate([1.0, 2.0], [True, True], dt=bad)
 
 
 @pytest.mark.parametrize("n_steps", [100, 34])
@@ -188,25 +190,34 @@ def test_an_exit_rate_that_changes_in_the_fit_window_is_flagged():
     assert caught[0].filename == __file__  # the caller's line
 
 
-def test_a_run_is_tested_on_its_grid_of_steps():
+def test_a_run_is_tested_on_its_grid_of_steps(monkeypatch):
     """Memoryless exits on a grid of 34 steps (float32 k * dt, as the engine records them),
-    100,000 particles: split inside a step (the window (0.17, 0.34] at 0.255), the constant
-    rate is rejected (p ~ 1e-10 to 1e-22 over five seeds); a run's estimate
-    (``measure.result``, which knows the dynamic's dt) splits on the grid and flags nothing."""
+    100,000 particles, the expected count leaving at each step: split inside a step (the
+    window (0.17, 0.34] at 0.255) a constant rate is rejected; split on the grid it is not.
+    A run's estimate (``measure.result``) and every member of a sweep pass their own dt."""
     import types
-    import warnings
 
+    from sgdyn import measure
     from sgdyn.ensemble import ExitRecord
-    from sgdyn.measure import result
 
-    n, n_steps, dt = 100_000, 34, np.float32(0.01)
-    k = np.random.default_rng(0).geometric(0.02, n)  # exit step, one chance in 50 each
+    n, n_steps, dt, q = 100_000, 34, np.float32(0.01), 0.02
+    alive = np.round(n * (1 - q) ** np.arange(n_steps + 1)).astype(int)  # after k steps
+    k = np.repeat(np.arange(1, n_steps + 2), [*(alive[:-1] - alive[1:]), alive[-1]])
     t_max = np.float32(n_steps) * dt
-    time = np.where(k <= n_steps, k.astype(np.float32) * dt, t_max)
+    time = np.where(k <= n_steps, k.astype(np.float32) * dt, t_max).astype(float)
+    assert sg.constant_rate_test(time, k <= n_steps, t_max / 2, t_max)[2] < 1e-6
+    assert sg.constant_rate_test(time, k <= n_steps, t_max / 2, t_max, dt)[2] > 0.5
+
+    seen = []
+    real = measure.exit_time_estimate
+    monkeypatch.setattr(measure, "exit_time_estimate",
+                        lambda *a, **kw: seen.append(kw["dt"]) or real(*a, **kw))
     record = ExitRecord(time, k <= n_steps, np.zeros(n, bool), k > n_steps, t_max)
-    with pytest.warns(RuntimeWarning, match="constant exit rate"):
-        sg.exit_time_estimate(time, k <= n_steps)  # no grid given
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", ".*constant exit rate")
-        est = result(record, types.SimpleNamespace(dt=dt)).estimate
-    assert est.method == "exponential-tail"
+    measure.result(record, types.SimpleNamespace(dt=dt))
+    well = sg.KramersWell.make(4.0, 4.0, 0.3)
+    sde = sg.SDE.make(well, sg.Isotropic.make(0.5), 0.1, 1)
+    dyns = [sg.EulerMaruyama.make(sde, h) for h in (0.05, 0.1)]
+    for vectorized in (False, True):
+        sg.sweep_exit_times(jax.random.key(0), dyns, sg.Threshold(1.0), [0.0], 64, 2.0,
+                            vectorized=vectorized)
+    assert seen == pytest.approx([0.01, 0.05, 0.1, 0.05, 0.1])
