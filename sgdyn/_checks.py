@@ -8,6 +8,8 @@ failure names the argument and the allowed range, e.g.
 from __future__ import annotations
 
 import math
+import os
+import sys
 from typing import Any, Iterable
 
 import numpy as np
@@ -94,3 +96,15 @@ def finite_result(name: str, value: float) -> float:
     if not math.isfinite(value):
         raise FloatingPointError(f"{name} is not finite ({value}); see the Troubleshooting section")
     return value
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def stacklevel_outside_sgdyn() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside sgdyn (the user's
+    line, however many sgdyn functions lie between), for the function that calls this."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from . import rng
-from .regions import exited
+from .regions import check_correction, exited
 from .rng import NoiseSpec
 
 RUNNING, ESCAPED, DIVERGED, PAD = 0, 1, 2, 3
@@ -376,6 +376,7 @@ def simulate_exits(key, dynamic, region, x0, n_particles: int, t_max, *, correct
 
     Returns: an ``ExitRecord``.
     """
+    check_correction(correction, dynamic)
     ids = first_particle + jnp.arange(n_particles, dtype=jnp.uint32)
     n_steps = max_steps(dynamic.dt, t_max)
     walk = init_walk(dynamic, x0, ids, padded(n_particles))  # see ALIGN

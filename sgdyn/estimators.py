@@ -8,7 +8,7 @@ Particles still inside at t_max are *censored*, not dropped: dropping them biase
   late in the run (after relaxation inside the well, which a single exponential would miss).
   With few escapes, a single exponential: with k escapes and total time on test
   S = sum_i min(tau_i, t_max) the maximum-likelihood mean is S / k, and 2 S / mean ~ chi^2
-  gives its interval (2k degrees of freedom for the lower end, 2k + 2 for the upper end, the
+  gives its interval (2k + 2 degrees of freedom for the lower end, 2k for the upper end, the
   usual conservative choice for censoring at a fixed time).
 - ``constant_rate_test`` checks the constant rate either censored estimate assumes (the
   estimate warns when its fit window fails it).
@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import re
-import sys
 import warnings
 from typing import NamedTuple
 
@@ -53,18 +51,6 @@ class ExitEstimate(NamedTuple):
             "n_diverged": self.n_diverged,
             "naive_mean_of_escaped": self.naive_mean,
         }
-
-
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-def _first_level_outside_sgdyn() -> int:
-    """The ``stacklevel`` that points a warning at the first caller outside sgdyn (the user's
-    line, however many sgdyn functions lie between), for the function that calls this."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 EXTRAPOLATION_WARNING = 10.0  # a censored estimate past this many t_max is flagged
@@ -201,7 +187,7 @@ def exit_time_estimate(time, escaped, censored=None, diverged=None, confidence=0
             warnings.warn(f"the mean exit time {mean:.4g} is {mean / t_max:.0f} times t_max, "
                           f"extrapolated from {k} escapes of {k + m}: it assumes an "
                           f"exponential law from the start; a longer t_max measures it",
-                          RuntimeWarning, stacklevel=_first_level_outside_sgdyn())
+                          RuntimeWarning, stacklevel=_checks.stacklevel_outside_sgdyn())
         if fitted_from is not None:
             early, late, p = constant_rate_test(t, esc, fitted_from, t_max, dt)
             if p < RATE_CHANGE_LEVEL:
@@ -213,13 +199,13 @@ def exit_time_estimate(time, escaped, censored=None, diverged=None, confidence=0
                               f"({fitted_from:.4g}, {t_max:.4g}] (test p = "
                               f"{p:.2g}): the escapes are not yet memoryless there; a longer "
                               f"t_max measures it", RuntimeWarning,
-                              stacklevel=_first_level_outside_sgdyn())
+                              stacklevel=_checks.stacklevel_outside_sgdyn())
         return ExitEstimate(float(mean), (float(ci[0]), float(ci[1])), confidence, method, k, m,
                             nd, naive)
 
     if k == 0 and m == 0:  # every particle diverged: no information on the exit time
         warnings.warn(f"all {nd} particles diverged: no exit-time estimate", RuntimeWarning,
-                      stacklevel=_first_level_outside_sgdyn())
+                      stacklevel=_checks.stacklevel_outside_sgdyn())
         return result(math.nan, (math.nan, math.nan), "no-data")
     if k == 0:  # no escape: only a lower bound on the mean is known
         s = float(time[censored].sum())

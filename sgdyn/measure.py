@@ -25,7 +25,7 @@ from . import _checks
 from .checkpoint import Checkpoint, fingerprint
 from .ensemble import MAX_STEPS, ExitRecord, simulate_exits, simulate_samples
 from .estimators import ExitEstimate, exit_time_estimate
-from .regions import CORRECTIONS, check_dim, check_start
+from .regions import check_correction, check_dim, check_start
 from .runner import check_options, run_exits
 
 _STATIC = ("n_particles", "correction", "ticks_per_block")
@@ -55,11 +55,7 @@ def _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size,
     if np.ndim(t_max) != 0:
         raise ValueError(f"t_max must be one number, got shape {np.shape(t_max)}")
     _checks.positive("t_max", t_max)
-    if correction not in CORRECTIONS:
-        raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
-    if correction is not None and not hasattr(dynamic, "std_along"):
-        raise ValueError(f"correction={correction!r} needs an SDE dynamic (Euler-Maruyama); "
-                         f"{type(dynamic).__name__} has no noise level to correct with")
+    check_correction(correction, dynamic)
     x0 = _start(dynamic, x0)
     check_dim(region, dynamic.dim)
     dt = np.asarray(dynamic.dt)

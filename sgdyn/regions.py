@@ -13,9 +13,14 @@ exit times by O(sqrt(dt)) (THEORY.md section 5). Two corrections give O(dt):
               exp(-2 d(x_n) d(x_{n+1}) / (s(x_n)^2 dt))
 
 where s(x) = sqrt(n' G G' n) is the noise level along the normal, 0.5826 = -zeta(1/2)/sqrt(2 pi).
+Both rest on Gaussian increments: with two- or three-point ones a walk overshoots the boundary
+differently, and the corrected exit times still converge only like sqrt(dt) (``check_correction``
+warns).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +31,29 @@ from ._pytree import pytree_dataclass
 
 GOBET_BETA = 0.5825971579390106  # -zeta(1/2) / sqrt(2 pi)
 CORRECTIONS = (None, "gobet", "bridge")
+
+
+def check_correction(correction, dynamic) -> None:
+    """ValueError for an unknown correction or one the dynamic cannot take (it needs the noise
+    level along the boundary normal, ``std_along``); a RuntimeWarning where its increments are
+    not Gaussian. An OU exit from (-1, 1) with Gobet's correction, against the exact mean
+    (200,000 particles, CIs +-0.4%): -1.05% and -0.13% at dt = 0.01 and 0.0025 with Gaussian
+    increments, but +0.96% and +1.61% with three-point ones and -4.5% and -2.0% with
+    two-point ones."""
+    if correction not in CORRECTIONS:
+        raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
+    if correction is None:
+        return
+    if not hasattr(dynamic, "std_along"):
+        raise ValueError(f"correction={correction!r} needs an SDE dynamic (Euler-Maruyama); "
+                         f"{type(dynamic).__name__} has no noise level to correct with")
+    kinds = {kind for kind, _ in dynamic.noise_spec.parts}
+    if kinds != {"normal"}:
+        warnings.warn(f"correction={correction!r} assumes Gaussian increments; with "
+                      f"{'/'.join(sorted(kinds))} increments the corrected exit times still "
+                      f"converge only like sqrt(dt) (the walk overshoots the boundary "
+                      f"differently): use increments='gaussian' for an O(dt) correction",
+                      RuntimeWarning, stacklevel=_checks.stacklevel_outside_sgdyn())
 
 
 @pytree_dataclass

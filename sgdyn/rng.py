@@ -5,7 +5,7 @@ the key, the particle's global index and the tick. So results are bit-identical 
 ensemble is chunked, sharded over devices, or packed, and no key is ever split per step.
 Each Threefry call yields 64 bits; ``NoiseSpec`` says how a dynamic's step consumes them:
 
-    "normal"       32 bits -> N(0, 1) by inverse CDF on a 23-bit uniform (|z| < 5.4)
+    "normal"       32 bits -> N(0, 1) by inverse CDF on a 23-bit uniform (|z| < 5.3)
     "uniform"      32 bits -> U(0, 1), 23-bit resolution, never 0 or 1
     "word"         32 bits, raw uint32 (e.g. minibatch indices as word mod n; bias < n / 2^32)
     "two_point"     1 bit  -> +-1 with probability 1/2 each (weak order-1 increments)

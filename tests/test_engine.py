@@ -147,6 +147,9 @@ def test_pld_and_langevin_exit_from_plain_interval(noise):
     assert_richardson_covers(*runs, exact)
 
 
+# both sides Gobet-corrected, which assumes Gaussian increments (a RuntimeWarning for the
+# weak ones); the exit point lies far past the saddle, where the boundary term matters little
+@pytest.mark.filterwarnings("ignore:correction='gobet' assumes Gaussian increments")
 def test_three_point_increments_agree_with_gaussian_within_cis():
     gauss, _ = well_escape("pld_loss", 0.01, 20000, 5)
     weak, _ = well_escape("pld_loss", 0.01, 20000, 6, increments="three_point")
@@ -154,6 +157,7 @@ def test_three_point_increments_agree_with_gaussian_within_cis():
     assert abs(gauss.mean - weak.mean) < Z * se, (gauss.mean, weak.mean, se)
 
 
+@pytest.mark.filterwarnings("ignore:correction='gobet' assumes Gaussian increments")
 def test_two_point_increments_close_but_measurably_biased():
     """+-1 increments match the Gaussian's mean and variance but not its fourth moment (1 vs 3);
     escape over a barrier feels that at finite dt: measured +4% at dt = 0.01 (+9% at 0.02)
@@ -361,9 +365,9 @@ def test_a_checkpointed_run_without_chunk_size_saves_several_chunks(tmp_path):
     np.testing.assert_array_equal(plain.time, again.time)
 
 
-def _small_run(**kw):
-    dyn = sg.EulerMaruyama.make(OU, 0.01)
-    return sg.measure_exit_times(jax.random.key(42), dyn, sg.Interval.make(-R, R), [0.0], 3000,
+def _small_run(dyn=None, n=3000, **kw):
+    dyn = sg.EulerMaruyama.make(OU, 0.01) if dyn is None else dyn
+    return sg.measure_exit_times(jax.random.key(42), dyn, sg.Interval.make(-R, R), [0.0], n,
                                  2.0, **kw)
 
 
@@ -769,6 +773,10 @@ def test_divergent_samples_are_flagged_and_nan_from_then_on(increments):
         (lambda: sg.Quadratic.make(-1.0), "h"),
         (lambda: sg.KramersWell.make(1.0, 1.0, float("nan")), "barrier"),
         (lambda: _small_run(correction="exact"), "correction"),
+        # the jitted kernel too (a misspelt name ran as a bridge that never drew: far too short)
+        (lambda: sg.simulate_exits(jax.random.key(0), sg.EulerMaruyama.make(OU, 0.01),
+                                   sg.Interval.make(-R, R), jnp.zeros(1), 64, 1.0,
+                                   correction="Gobet"), "correction"),
         (lambda: _small_run(n_slots=0), "n_slots"),
         (lambda: _small_run(ticks_per_block=0), "ticks_per_block"),
         (lambda: sg.sweep_exit_times(jax.random.key(0), [sg.EulerMaruyama.make(OU)],
@@ -821,6 +829,27 @@ def test_divergent_samples_are_flagged_and_nan_from_then_on(increments):
 def test_bad_arguments_raise_before_compiling(call, name):
     with pytest.raises((ValueError, TypeError), match=name):
         call()
+
+
+@pytest.mark.parametrize("increments", ["three_point", "two_point"])
+def test_a_boundary_correction_with_weak_increments_warns(increments):
+    """Gobet's constant and the bridge's crossing probability are those of Gaussian increments;
+    with weak ones the corrected exit time still converges only like sqrt(dt). Both entry
+    points say so at the caller's line; Gaussian increments are silent."""
+    import warnings
+
+    weak = sg.EulerMaruyama.make(OU, 0.01, increments)
+    for correction in ("gobet", "bridge"):
+        with pytest.warns(RuntimeWarning, match=f"correction='{correction}' assumes Gaussian "
+                                                f"increments; with {increments}") as caught:
+            _small_run(dyn=weak, correction=correction, n=64)
+        with pytest.warns(RuntimeWarning, match="assumes Gaussian increments"):
+            sg.simulate_exits(jax.random.key(0), weak, sg.Interval.make(-R, R), jnp.zeros(1), 64,
+                              1.0, correction=correction)
+        assert caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", ".*assumes Gaussian increments")
+        _small_run(correction="gobet", n=64)
 
 
 def test_reparametrized_finite_sum_scales_noise_like_theory():

@@ -274,6 +274,20 @@ def test_start_outside_interval_and_bad_boundaries():
 def test_asymptotic_formulas_warn_outside_their_range():
     with pytest.warns(RuntimeWarning, match="kappa"):
         th.pld_escape_time(1, 1, 0.5, lr=0.1, batch_size=1, sigma_g=1, sigma_h=5.0)
+    # kappa = 41 but q = 0.03: effective barrier (kappa - 1/2) ln(1 + q) = 1.2; the formula
+    # is 6.3% below the exact value there, which it says
+    h, lr, b, barrier, kappa, q = 4.0, 0.1, 1.0, 0.3, 41.0, 0.03
+    sigma_h = b * h / (lr * (kappa - 1))
+    args = dict(lr=lr, batch_size=b, sigma_g=2 * sigma_h * barrier / (h * q), sigma_h=sigma_h)
+    with pytest.warns(RuntimeWarning, match="effective barrier"):
+        formula = th.pld_escape_time(h, h, barrier, **args)
+    exact = th.kramers_exit_time(h, h, barrier, noise="pld_loss", **args)
+    assert formula / exact - 1 == pytest.approx(-0.063, abs=0.005)
+    with warnings.catch_warnings():  # at q = 1 it is within 1% and silent
+        warnings.simplefilter("error")
+        args["sigma_g"] = 2 * sigma_h * barrier / h
+        assert th.pld_escape_time(h, h, barrier, **args) == pytest.approx(
+            th.kramers_exit_time(h, h, barrier, noise="pld_loss", **args), rel=0.01)
     with pytest.warns(RuntimeWarning, match="barrier/T"):
         th.kramers_time(1, 1, 0.5, 1.0)
     with warnings.catch_warnings():

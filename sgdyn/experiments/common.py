@@ -7,7 +7,6 @@ import importlib
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
