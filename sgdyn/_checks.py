@@ -101,10 +101,18 @@ def finite_result(name: str, value: float) -> float:
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
+def _library_dirs() -> tuple[str, ...]:
+    import jax  # a warning raised while JAX traces a user's jit points past JAX's frames too
+
+    return _PACKAGE, os.path.dirname(os.path.abspath(jax.__file__)) + os.sep
+
+
 def stacklevel_outside_sgdyn() -> int:
-    """The ``stacklevel`` that points a warning at the first caller outside sgdyn (the user's
-    line, however many sgdyn functions lie between), for the function that calls this."""
+    """The ``stacklevel`` that points a warning at the first caller outside sgdyn and JAX (the
+    user's line, however many sgdyn functions, or JAX's tracing of a jitted sgdyn function,
+    lie between), for the function that calls this."""
+    inside = _library_dirs()
     frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
         frame, level = frame.f_back, level + 1
     return level

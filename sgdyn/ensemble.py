@@ -377,6 +377,15 @@ def simulate_exits(key, dynamic, region, x0, n_particles: int, t_max, *, correct
     Returns: an ``ExitRecord``.
     """
     check_correction(correction, dynamic)
+    return exits_unchecked(key, dynamic, region, x0, n_particles, t_max, correction=correction,
+                           first_particle=first_particle, ticks_per_block=ticks_per_block,
+                           divergence_bound=divergence_bound)
+
+
+def exits_unchecked(key, dynamic, region, x0, n_particles: int, t_max, *, correction=None,
+                    first_particle=0, ticks_per_block: int = 32, divergence_bound=1e8):
+    """``simulate_exits`` for a caller that has checked the correction already (a sweep checks
+    each member once, before the vmapped run)."""
     ids = first_particle + jnp.arange(n_particles, dtype=jnp.uint32)
     n_steps = max_steps(dynamic.dt, t_max)
     walk = init_walk(dynamic, x0, ids, padded(n_particles))  # see ALIGN

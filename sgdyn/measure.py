@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _checks
 from .checkpoint import Checkpoint, fingerprint
-from .ensemble import MAX_STEPS, ExitRecord, simulate_exits, simulate_samples
+from .ensemble import MAX_STEPS, ExitRecord, exits_unchecked, simulate_samples
 from .estimators import ExitEstimate, exit_time_estimate
 from .regions import check_correction, check_dim, check_start
 from .runner import check_options, run_exits
@@ -143,7 +143,7 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _sweep(key, dynamics, regions, x0, n_particles, t_max, correction, ticks_per_block):
-    run = lambda dyn, reg, x, t: simulate_exits(  # noqa: E731
+    run = lambda dyn, reg, x, t: exits_unchecked(  # noqa: E731
         key, dyn, reg, x, n_particles, t, correction=correction,
         ticks_per_block=ticks_per_block)
     return jax.vmap(run)(dynamics, regions, x0, t_max)

@@ -14,8 +14,8 @@ exit times by O(sqrt(dt)) (THEORY.md section 5). Two corrections give O(dt):
 
 where s(x) = sqrt(n' G G' n) is the noise level along the normal, 0.5826 = -zeta(1/2)/sqrt(2 pi).
 Both rest on Gaussian increments: with two- or three-point ones a walk overshoots the boundary
-differently, and the corrected exit times still converge only like sqrt(dt) (``check_correction``
-warns).
+differently, and the correction removes most of the O(sqrt(dt)) bias but not all
+(``check_correction`` warns).
 """
 
 from __future__ import annotations
@@ -47,12 +47,12 @@ def check_correction(correction, dynamic) -> None:
     if not hasattr(dynamic, "std_along"):
         raise ValueError(f"correction={correction!r} needs an SDE dynamic (Euler-Maruyama); "
                          f"{type(dynamic).__name__} has no noise level to correct with")
-    kinds = {kind for kind, _ in dynamic.noise_spec.parts}
-    if kinds != {"normal"}:
+    weak = {kind for kind, _ in dynamic.noise_spec.parts} & {"two_point", "three_point"}
+    if weak:
         warnings.warn(f"correction={correction!r} assumes Gaussian increments; with "
-                      f"{'/'.join(sorted(kinds))} increments the corrected exit times still "
-                      f"converge only like sqrt(dt) (the walk overshoots the boundary "
-                      f"differently): use increments='gaussian' for an O(dt) correction",
+                      f"{'/'.join(sorted(weak))} increments the walk overshoots the boundary "
+                      f"differently, and the correction removes most of the sqrt(dt) bias of "
+                      f"exit times but not all: use increments='gaussian' for an O(dt) one",
                       RuntimeWarning, stacklevel=_checks.stacklevel_outside_sgdyn())
 
 
@@ -164,6 +164,9 @@ def exited(region, dynamic, x_old, x_new, uniform, correction):
     if correction == "gobet":
         s = dynamic.std_along(x_new, region.normal(x_new))
         return d_new <= GOBET_BETA * s * jnp.sqrt(dynamic.dt)
+    if correction != "bridge":  # at trace time: a misspelt name would run as a bridge that
+        # never draws its uniform
+        raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
     d_old = region.distance(x_old)
     s = dynamic.std_along(x_old, region.normal(x_old))
     p_cross = jnp.exp(-2 * jnp.maximum(d_old, 0) * jnp.maximum(d_new, 0) / (s**2 * dynamic.dt))

@@ -847,6 +847,12 @@ def test_a_boundary_correction_with_weak_increments_warns(increments):
             sg.simulate_exits(jax.random.key(0), weak, sg.Interval.make(-R, R), jnp.zeros(1), 64,
                               1.0, correction=correction)
         assert caught[0].filename == __file__
+    # a vectorized sweep warns once per member, at the caller's line (not from inside its vmap)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sg.sweep_exit_times(jax.random.key(0), [weak, weak], sg.Interval.make(-R, R), [0.0], 64,
+                            1.0, correction="gobet", vectorized=True)
+    assert [w.filename for w in caught] == [__file__] * 2, [(w.filename, w.message) for w in caught]
     with warnings.catch_warnings():
         warnings.filterwarnings("error", ".*assumes Gaussian increments")
         _small_run(correction="gobet", n=64)

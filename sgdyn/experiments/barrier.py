@@ -76,9 +76,9 @@ def exact_time(dyn, cfg, barrier):
 def asymptotic_time(dyn, cfg, barrier):
     h, lr, b = cfg["h"], cfg["lr"], cfg["batch_size"]
     if dyn == "pld":
-        kappa = th.pld_kappa(h, lr, b, cfg["sigma_h"])
+        inside = th.pld_formula_range(h, barrier, lr=lr, batch_size=b, **_params(dyn, cfg))[2]
         return math.exp(th.pld_escape_time(h, h, barrier, lr=lr, batch_size=b, log=True,
-                                           **_params(dyn, cfg))), kappa >= 5
+                                           **_params(dyn, cfg))), inside
     temp = th.langevin_temperature(lr, b, cfg["sigma2"])
     return 2 * math.pi / h * math.exp(barrier / temp), barrier / temp >= 5
 

@@ -97,9 +97,9 @@ def asymptotic_time(dyn, cfg, h, sg, sh):
     """(tau, in_range): the asymptotic formula and whether it is inside its accuracy range."""
     w = dict(lr=cfg["lr"], batch_size=cfg["batch_size"])
     if dyn == "pld":
-        kappa = th.pld_kappa(h, cfg["lr"], cfg["batch_size"], sh)
+        inside = th.pld_formula_range(h, cfg["barrier"], **w, sigma_g=sg, sigma_h=sh)[2]
         return (math.exp(th.pld_escape_time(h, h, cfg["barrier"], **w, sigma_g=sg, sigma_h=sh,
-                                            log=True)), kappa >= 5)
+                                            log=True)), inside)
     if dyn in ("langevin", "hessian"):
         s2 = noise_params(dyn, cfg, h, sg, sh)["sigma2"] * (h if dyn == "hessian" else 1.0)
         temp = th.langevin_temperature(cfg["lr"], cfg["batch_size"], s2)

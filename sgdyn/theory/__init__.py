@@ -8,6 +8,7 @@ from .escape import (
     langevin_escape_time,
     noise_covariance,
     pld_escape_time,
+    pld_formula_range,
 )
 from .mfpt import log_mean_exit_time, mean_exit_time
 from .stationary import (

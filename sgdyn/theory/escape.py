@@ -131,27 +131,40 @@ def langevin_escape_time(h_min, h_saddle, barrier, *, lr, batch_size, sigma2):
     return kramers_time(h_min, h_saddle, barrier, langevin_temperature(lr, batch_size, sigma2))
 
 
+def pld_formula_range(h_min, barrier, *, lr, batch_size, sigma_g, sigma_h):
+    """(kappa, effective barrier (kappa - 1/2) ln(1 + q), inside) for ``pld_escape_time``:
+    inside its accuracy range where kappa >= 5 and the effective barrier >= 4 (a heuristic,
+    see there), q = 2 sigma_H barrier / (h_min sigma_g)."""
+    kappa = pld_kappa(h_min, lr, batch_size, sigma_h)
+    effective = (kappa - 0.5) * math.log1p(2 * sigma_h * barrier / (h_min * sigma_g))
+    return kappa, effective, bool(kappa >= 5 and effective >= 4)
+
+
 def pld_escape_time(h_min, h_saddle, barrier, *, lr, batch_size, sigma_g, sigma_h, log=False):
     """Asymptotic escape time of the loss-form PLD (Laplace's method; t = k lr units).
 
     tau ~ 2 pi sqrt(b / (lr sigma_H h_s)) Gamma ratio(kappa) (1 + q)^(kappa - 1/2), with
-    q = 2 sigma_H barrier / (h_min sigma_g). Against the exact quadrature (q from 0.01 to
-    30) it lies between -0.5% and +0.2%, 0.4%, 0.9%, 2.0%, 3.7%, 5.2% and 9% at kappa = 201,
-    101, 41, 20, 11, 8 and 5 once the effective barrier (kappa - 1/2) ln(1 + q) is 4 or
-    more; below that it can be off by tens of percent either way (-6% at kappa = 41 and
-    q = 0.03, +37% at kappa = 5 and q = 0.01). Warns below kappa = 5 or an effective barrier
-    of 4. ``log=True`` returns log tau.
+    q = 2 sigma_H barrier / (h_min sigma_g); (kappa - 1/2) ln(1 + q) is the effective barrier
+    (barrier/T in the Langevin limit). Against the exact quadrature, for h_min = h_saddle and
+    q from 0.01 to 30: within -2% and +0.2%, 0.4%, 0.9%, 2.0%, 3.7%, 5.2% and 9% at kappa =
+    201, 101, 41, 20, 11, 8 and 5 once the effective barrier is 4 or more (the -2%, at large
+    kappa just above 4, is Kramers' formula's own error at barrier/T = 4); below 4, from
+    +37% (kappa = 5, q = 0.01) down to -6% or -7% (kappa 41-201, q 0.01-0.03), though some
+    such points are within 1%. With h_saddle = 10 h_min a review found in-range points 6-11%
+    low.
+    Warns outside ``pld_formula_range`` (a heuristic). ``log=True`` returns log tau.
     """
     for name, v in (("h_min", h_min), ("h_saddle", h_saddle), ("barrier", barrier),
                     ("sigma_g", sigma_g)):
         _checks.positive(name, v)
-    kappa = pld_kappa(h_min, lr, batch_size, sigma_h)
-    q = 2 * sigma_h * barrier / (h_min * sigma_g)
-    effective_barrier = (kappa - 0.5) * math.log1p(q)
-    warn_if(kappa < 5 or effective_barrier < 4,
+    kappa, effective, inside = pld_formula_range(h_min, barrier, lr=lr, batch_size=batch_size,
+                                                 sigma_g=sigma_g, sigma_h=sigma_h)
+    warn_if(not inside,
             f"PLD escape formula used at kappa = {kappa:.3g} and effective barrier "
-            f"(kappa - 1/2) ln(1 + q) = {effective_barrier:.3g}, outside its accuracy range "
-            f"(kappa >= 5 and >= 4); use kramers_exit_time for the exact value")
+            f"(kappa - 1/2) ln(1 + q) = {effective:.3g}, outside its accuracy range "
+            f"(kappa >= 5 and effective barrier >= 4); use kramers_exit_time for the exact "
+            f"value")
+    q = 2 * sigma_h * barrier / (h_min * sigma_g)
     log_tau = (
         math.log(2 * math.pi)
         + 0.5 * math.log(batch_size / (lr * sigma_h * h_saddle))
