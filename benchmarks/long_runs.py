@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,8 +51,13 @@ def run(barrier: float, n: int, repeats: int = 3) -> dict:
     for label, floor in (("default", None), ("floor_2048", runner.MIN_BUCKET)):
         def once(seed):
             t0 = time.perf_counter()
-            res = sg.measure_exit_times(jax.random.key(seed), dyn, region, [0.0], n, t_max,
-                                        correction="gobet", min_bucket=floor)
+            with warnings.catch_warnings():
+                # Gobet with three-point increments (sgdyn warns: not O(dt)) as in the runs
+                # already recorded, which this one is compared with; the exit point lies four
+                # diffusion lengths past the saddle, where the correction matters little
+                warnings.filterwarnings("ignore", "correction='gobet' assumes Gaussian")
+                res = sg.measure_exit_times(jax.random.key(seed), dyn, region, [0.0], n, t_max,
+                                            correction="gobet", min_bucket=floor)
             return res, time.perf_counter() - t0
 
         res, first = once(0)
