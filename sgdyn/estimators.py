@@ -57,22 +57,25 @@ EXTRAPOLATION_WARNING = 10.0  # a censored estimate past this many t_max is flag
 RATE_CHANGE_LEVEL = 1e-3  # and one whose exit rate changes within its fit window at this p
 # the messages of both, as a warnings filter sees them
 EXTRAPOLATED = "the mean exit time .* (times t_max|constant exit rate)"
+# what a script keeps with its results: those, and a boundary correction on weak increments
+RECORDED = EXTRAPOLATED + "|correction=.* assumes Gaussian increments"
 
 
 @contextlib.contextmanager
 def recorded_extrapolations(ignore_other_runtime_warnings: bool = False):
-    """Collect the extrapolation warnings raised inside (each message once) into the list it
-    yields, for a script to keep with its results; every other warning is shown as usual on
-    leaving (other RuntimeWarnings dropped if ``ignore_other_runtime_warnings``)."""
+    """Collect the warnings about a measurement raised inside (``RECORDED``: an extrapolated
+    or not-yet-memoryless estimate, a correction on weak increments; each message once) into
+    the list it yields, for a script to keep with its results; every other warning is shown
+    as usual on leaving (other RuntimeWarnings dropped if ``ignore_other_runtime_warnings``)."""
     flagged: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         if ignore_other_runtime_warnings:
             warnings.simplefilter("ignore", RuntimeWarning)
-        warnings.filterwarnings("always", EXTRAPOLATED, RuntimeWarning)
+        warnings.filterwarnings("always", RECORDED, RuntimeWarning)
         yield flagged
     for w in caught:
         message = str(w.message)
-        if issubclass(w.category, RuntimeWarning) and re.match(EXTRAPOLATED, message):
+        if issubclass(w.category, RuntimeWarning) and re.match(RECORDED, message):
             if message not in flagged:
                 flagged.append(message)
         else:

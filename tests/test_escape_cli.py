@@ -70,6 +70,18 @@ def test_an_estimate_far_past_t_max_is_kept_in_the_json_and_said(tmp_path):
     assert "times t_max" in proc.stderr and "constant exit rate" in proc.stderr
 
 
+def test_a_correction_on_weak_increments_is_kept_in_the_json(tmp_path):
+    """Gobet's correction with three-point increments removes most of the boundary bias but
+    not all: the JSON and stderr say so."""
+    out = tmp_path / "out.json"
+    proc = run("--increments", "three_point", "--correction", "gobet", "--particles", "2000",
+               "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out.read_text())
+    assert [w for w in res["warnings"] if "assumes Gaussian increments" in w], res["warnings"]
+    assert "assumes Gaussian increments" in proc.stderr
+
+
 def test_sgd_dynamics_from_the_cli(tmp_path):
     out = tmp_path / "sgd.json"
     proc = run("--landscape", "kramers", "--h-min", "4", "--h-saddle", "4", "--barrier", "0.3",
