@@ -628,7 +628,8 @@ def main(argv=None):
                        f"{os.cpu_count()} CPUs, jax {jax.__version__} "
                        f"{jax.devices()[0].platform} x{jax.device_count()}"
                        + ("" if on_cpu else f" ({jax.devices()[0].device_kind})"),
-               cpu=cpu_model(), versions=versions(), quick=args.quick, sizes="quick" if args.quick else "cpu" if on_cpu else "accelerator",
+               cpu=cpu_model(), versions=versions(), quick=args.quick,
+               sizes="quick" if args.quick else "cpu" if on_cpu else "accelerator",
                config={k: v for k, v in cfg.items()},
                started=time.strftime("%Y-%m-%d %H:%M:%S"))
     if args.merge and args.out and args.out.exists():

@@ -170,8 +170,7 @@ def exit_time_estimate(time, escaped, censored=None, diverged=None, confidence=0
     fit is then chosen when they came early, and covers 0.87 given that choice (0.942 overall).
     """
     _checks.in_range("confidence", confidence, 0.0, 1.0)
-    if dt is not None:
-        grid_step(dt)
+    dt = None if dt is None else grid_step(dt)
     time = np.asarray(time, float)
     escaped = np.asarray(escaped, bool)
     diverged = np.zeros_like(escaped) if diverged is None else np.asarray(diverged, bool)

@@ -33,6 +33,11 @@ GOBET_BETA = 0.5825971579390106  # -zeta(1/2) / sqrt(2 pi)
 CORRECTIONS = (None, "gobet", "bridge")
 
 
+def _known(correction) -> None:
+    if correction not in CORRECTIONS:
+        raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
+
+
 def check_correction(correction, dynamic) -> None:
     """ValueError for an unknown correction or one the dynamic cannot take (it needs the noise
     level along the boundary normal, ``std_along``); a RuntimeWarning where its increments are
@@ -40,8 +45,7 @@ def check_correction(correction, dynamic) -> None:
     (200,000 particles, CIs +-0.4%): -1.05% and -0.13% at dt = 0.01 and 0.0025 with Gaussian
     increments, but +0.96% and +1.61% with three-point ones and -4.5% and -2.0% with
     two-point ones."""
-    if correction not in CORRECTIONS:
-        raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
+    _known(correction)
     if correction is None:
         return
     if not hasattr(dynamic, "std_along"):
@@ -164,9 +168,7 @@ def exited(region, dynamic, x_old, x_new, uniform, correction):
     if correction == "gobet":
         s = dynamic.std_along(x_new, region.normal(x_new))
         return d_new <= GOBET_BETA * s * jnp.sqrt(dynamic.dt)
-    if correction != "bridge":  # at trace time: a misspelt name would run as a bridge that
-        # never draws its uniform
-        raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
+    _known(correction)  # at trace time: a misspelt name would run as a bridge that never draws
     d_old = region.distance(x_old)
     s = dynamic.std_along(x_old, region.normal(x_old))
     p_cross = jnp.exp(-2 * jnp.maximum(d_old, 0) * jnp.maximum(d_new, 0) / (s**2 * dynamic.dt))

@@ -164,11 +164,10 @@ def pld_escape_time(h_min, h_saddle, barrier, *, lr, batch_size, sigma_g, sigma_
             f"(kappa - 1/2) ln(1 + q) = {effective:.3g}, outside its accuracy range "
             f"(kappa >= 5 and effective barrier >= 4); use kramers_exit_time for the exact "
             f"value")
-    q = 2 * sigma_h * barrier / (h_min * sigma_g)
     log_tau = (
         math.log(2 * math.pi)
         + 0.5 * math.log(batch_size / (lr * sigma_h * h_saddle))
         + log_gamma_ratio(kappa)
-        + (kappa - 0.5) * math.log1p(q)
+        + effective  # (kappa - 1/2) ln(1 + q)
     )
     return log_tau if log else _exp_or_raise(log_tau)
