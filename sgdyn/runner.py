@@ -56,11 +56,11 @@ _FIRST_TIER_SPENT: dict = {}  # shape -> particle-steps this process has run in 
 # On a CPU every exit program of the runner is compiled with XLA's older CPU fusion emitters,
 # which emit its ~30 kernels in about half the time of the MLIR-based default (most of a short
 # run's wait), and with 512-bit vectors where the CPU has them, which more than win back the
-# step time the older emitters lose (README, "What made it fast"). All of the runner's
-# programs share the options, so a record never depends on the path its run took; against the
-# same kernel jitted with XLA's defaults (``simulate_exits``) a few functions (rsqrt, cbrt,
-# tan, atan, asinh) may round differently in the last bit. An XLA that does not know an
-# option compiles with its defaults.
+# step time the older emitters lose (benchmarks/README.md, "Against the targets, in detail").
+# All of the runner's programs share the options, so a record never depends on the path its
+# run took; against the same kernel jitted with XLA's defaults (``simulate_exits``) a few
+# functions (rsqrt, cbrt, tan, atan, asinh) may round differently in the last bit. An XLA that
+# does not know an option compiles with its defaults.
 CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_cpu_prefer_vector_width": 512}
 
 
