@@ -25,9 +25,9 @@ def _to_jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_to_jsonable(v) for v in obj]
     if isinstance(obj, (np.generic,)):
-        return obj.item()
+        return _to_jsonable(obj.item())  # a NaN or inf scalar becomes a float: converted below
     if hasattr(obj, "shape") and hasattr(obj, "tolist"):  # numpy / jax arrays
-        return np.asarray(obj).tolist()
+        return _to_jsonable(np.asarray(obj).tolist())
     if isinstance(obj, float) and not np.isfinite(obj):
         return None if np.isnan(obj) else ("inf" if obj > 0 else "-inf")
     if isinstance(obj, Path):

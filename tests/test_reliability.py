@@ -106,8 +106,11 @@ def test_provenance_names_sgdyn_run_from_a_source_checkout(monkeypatch):
 def test_result_files_are_written_atomically_and_readable(tmp_path):
     from sgdyn.io import write_json
 
-    path = write_json(tmp_path / "r.json", {"x": np.float32(1.5), "arr": np.arange(2)})
-    assert json.loads(path.read_text()) == {"x": 1.5, "arr": [0, 1]}
+    path = write_json(tmp_path / "r.json", {"x": np.float32(1.5), "arr": np.arange(2),
+                                             "nan": np.float64("nan"), "inf": np.float32("inf"),
+                                             "gaps": np.array([np.nan, 1.0, -np.inf])})
+    assert json.loads(path.read_text()) == {"x": 1.5, "arr": [0, 1], "nan": None, "inf": "inf",
+                                            "gaps": [None, 1.0, "-inf"]}
     assert oct(path.stat().st_mode & 0o777) != oct(0o600)
     assert not list(tmp_path.glob("*.partial"))
 

@@ -30,6 +30,11 @@ def noisy_momentum(lr, key):
     return optax.chain(add_fisher_noise(8, 32, key), optax.sgd(lr, momentum=0.9))
 
 
+def plain_sgd(lr, key):
+    """A plain GradientTransformation, which takes no extra arguments such as loss=."""
+    return optax.scale(-lr)
+
+
 def poisoned_sgd(lr, key):
     """SGD whose update turns inf at step 11 (the last of epoch 2 of 3, 6 steps each) for seeds
     trained at lr > 0.205: that step's loss is still finite, only the new weights are not."""
@@ -207,6 +212,11 @@ def test_an_optimizer_closing_over_its_key_gets_each_seeds_own_key():
                                rtol=1e-6, atol=1e-7)
 
 
+def test_a_plain_optax_transformation_trains_like_its_extra_args_twin():
+    np.testing.assert_array_equal(run([0, 1], optimizer_fn=plain_sgd, epochs=1).train_loss,
+                                  run([0, 1], epochs=1).train_loss)
+
+
 def test_bad_arguments_name_the_argument():
     with pytest.raises(ValueError, match="lr"):
         run([0], lr=-0.1)
@@ -226,6 +236,10 @@ def test_bad_arguments_name_the_argument():
         run([2**32])  # would wrap to seed 0 as uint32
     with pytest.raises(ValueError, match="num_classes"):  # else a NaN loss, read as divergence
         train(MLP(hidden=(16,), num_classes=3), DATA, sgd, lr=0.1, batch_size=32, epochs=1)
+    one_based = Dataset(DATA.x_train, DATA.y_train + 1, DATA.x_test, DATA.y_test,
+                        num_classes=DATA.num_classes)  # labels 1..4 for 4 classes
+    with pytest.raises(ValueError, match="data.y_train"):  # else a NaN loss, "diverged"
+        train(MODEL, one_based, sgd, lr=0.1, batch_size=32, epochs=1)
     with pytest.raises(ValueError, match="model"):
         make_model("resnet", 10)
     with pytest.raises(ValueError, match="dataset"):

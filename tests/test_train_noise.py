@@ -146,7 +146,23 @@ def test_chains_with_sgd_like_a_noisy_gradient(name, momentum):
             g_noisy, ns = noise.update(GRAD, ns, PARAMS, **extra)
             u_ref, ss = sgd.update(g_noisy, ss, PARAMS)
             np.testing.assert_allclose(flat(u), flat(u_ref), rtol=1e-6, atol=1e-7)
-    assert not np.allclose(flat(u), flat(sgd.update(GRAD, sgd.init(PARAMS), PARAMS)[0]))
+    # and the noise is there: the same three steps of sgd on the clean gradient differ
+    clean = sgd.init(PARAMS)
+    for _ in range(3):
+        u_clean, clean = sgd.update(GRAD, clean, PARAMS)
+    assert not np.allclose(flat(u), flat(u_clean))
+
+
+@pytest.mark.parametrize("make", [lambda: add_fisher_noise(8, 128, 0),
+                                  lambda: add_reweighting_noise(2.0, 0)])
+def test_per_example_grads_without_their_example_axis_are_refused(make):
+    tx = make()
+    state = tx.init(PARAMS)
+    for bad in (GRAD,  # the batch gradient itself: its first axis would read as examples
+                {"w": PEG["w"], "b": PEG["b"][:3]},  # two batch sizes
+                {"w": PEG["w"]}):  # another structure
+        with pytest.raises(ValueError, match="per_example_grads"):
+            tx.update(GRAD, state, PARAMS, per_example_grads=bad)
 
 
 def test_key_forms_and_value_alias():

@@ -1,7 +1,7 @@
 """Large-batch Flax training with state-dependent noise injection (THEORY.md section 6).
 
 Flat re-exports: noise injections (Optax transformations), models, data sets, the vmapped
-training loop and the power-iteration sharpness.
+training loop and the sharpness (Lanczos, or power iteration).
 """
 
 from .data import Dataset, load_dataset, load_npz, mnist1d, teacher_student

@@ -125,20 +125,26 @@ def init_params(model, seeds: Sequence[int], x):
     return _param_init(model)(jnp.asarray(np.asarray(seeds, np.uint32)), jnp.asarray(x[:1]))
 
 
+def _optimizer(optimizer_fn, lr, key):
+    # every update gets loss= (and per_example_grads=): a plain Optax transformation, which
+    # takes no extra arguments, is wrapped to ignore them
+    return optax.with_extra_args_support(optimizer_fn(lr, key))
+
+
 @functools.lru_cache(maxsize=32)
 def _compiled(model, optimizer_fn, batch_size, steps, per_example, weight_scale):
     """Jitted (init, epoch) for one configuration; cached so repeated runs skip compilation."""
 
     def init_one(params, seed, lr):
         _, k_noise, k_loop, _ = _seed_keys(seed)
-        opt_state = optimizer_fn(lr, k_noise).init(params)
+        opt_state = _optimizer(optimizer_fn, lr, k_noise).init(params)
         return TrainState(params, opt_state, k_loop, jnp.array(False), jnp.array(-1, jnp.int32),
                           jnp.array(0, jnp.int32), k_noise)
 
     def epoch_one(state, lr, x, y, checked):
         # rebuilt with the seed's own key: sgdyn's injections keep theirs in opt_state, but a
         # transformation may also close over the key it is built with
-        opt = optimizer_fn(lr, state.noise_key)
+        opt = _optimizer(optimizer_fn, lr, state.noise_key)
         start = state
         key, k_perm = jax.random.split(state.key)
         order = permutation(k_perm, x.shape[0])[: steps * batch_size]
@@ -254,6 +260,11 @@ def _check_args(model, data, optimizer_fn, lr, batch_size, epochs, seeds, loss_w
                          f"got {per_example_grads!r}")
     if sharpness_examples is not None:
         _checks.positive_int("sharpness_examples", sharpness_examples)
+    for name in ("y_train", "y_test"):  # a label past the logits reads as a NaN loss, "diverged"
+        y = np.asarray(getattr(data, name))
+        if y.size and (y.min() < 0 or y.max() >= data.num_classes):
+            raise ValueError(f"data.{name} must hold labels in [0, num_classes="
+                             f"{data.num_classes}), got labels from {y.min()} to {y.max()}")
     width = _output_width(model, data.x_train.shape[1:])
     if width != data.num_classes:  # else labels past the logits read as a NaN loss, "diverged"
         raise ValueError(f"model must output one logit per class: {width} logits against "
@@ -287,8 +298,10 @@ def train(model, data: Dataset, optimizer_fn: OptimizerFn, *, lr, batch_size: in
     """Train ``model`` on ``data`` for ``epochs`` epochs of minibatch steps, all seeds together.
 
     ``optimizer_fn(lr, key)`` builds the Optax transformation (``lr`` may be a tracer; any noise
-    injection takes ``key``, each seed's own), e.g. ``def opt(lr, k): return optax.chain(
-    add_isotropic_noise(1e-2, k), optax.sgd(lr))``. Compiled programs are cached per
+    injection takes ``key``, each seed's own; split it for several injections, which would
+    otherwise draw the same noise), e.g. ``def opt(lr, k): return optax.chain(
+    add_isotropic_noise(1e-2, k), optax.sgd(lr))``; any Optax transformation works (the extra
+    arguments below are passed to those that take them). Compiled programs are cached per
     ``optimizer_fn`` object: pass the same function to every call (a fresh lambda each call
     compiles again, about a second). ``lr``: one value or one per seed. Each update receives
     ``loss=`` (the unweighted batch loss) and, with ``per_example_grads=True``,

@@ -13,7 +13,9 @@ As in ``optax.add_noise`` the PRNG key given at construction lives in the state 
 advances on each update. Extra arguments are keywords, passed by ``optax.chain`` to every member;
 ``loss`` (Optax's ``value`` is accepted too) is the unweighted batch loss L_batch(w), and
 ``per_example_grads`` is a pytree like the gradient with a leading example axis [B].
-Independent injections add their covariances when chained.
+Independent injections add their covariances when chained: give each its own key (e.g.
+``k1, k2 = jax.random.split(key)``). Two built with the same key draw the same z, and their
+standard deviations add instead of their variances.
 """
 
 from __future__ import annotations
@@ -48,6 +50,24 @@ def _canonical_key(key) -> jax.Array:
 def _check(fn, name, value):
     if _checks.is_concrete(value):  # under jit/vmap a traced value is the caller's business
         fn(name, value)
+
+
+def _per_example(name, g, updates) -> int:
+    """The batch size B of ``per_example_grads`` ``g``, a pytree like ``updates`` with a leading
+    example axis [B] on every leaf; a ValueError naming it otherwise (the batch gradient
+    itself, passed by mistake, would read its first axis as examples)."""
+    if jax.tree.structure(g) != jax.tree.structure(updates):
+        raise ValueError(f"{name}: per_example_grads must have the structure of the gradient")
+    batches = set()
+    for gi, u in zip(jax.tree.leaves(g), jax.tree.leaves(updates)):
+        if gi.ndim != u.ndim + 1 or gi.shape[1:] != u.shape:
+            raise ValueError(f"{name}: per_example_grads must have shape [B, *shape] for a "
+                             f"gradient leaf of shape {u.shape}, got {gi.shape}")
+        batches.add(gi.shape[0])
+    if len(batches) > 1 or 0 in batches:
+        raise ValueError(f"{name}: per_example_grads must have one batch size B >= 1 on every "
+                         f"leaf, got {sorted(batches)}")
+    return batches.pop() if batches else 0
 
 
 def _noisy(name, key, std_fn, needs=()):
@@ -109,8 +129,7 @@ def add_fisher_noise(small_batch: int, large_batch: int, key=0, *, centered: boo
 
     def std(updates, extra):
         g = extra["per_example_grads"]
-        if jax.tree.structure(g) != jax.tree.structure(updates):
-            raise ValueError("per_example_grads must have the structure of the gradient")
+        _per_example("add_fisher_noise", g, updates)
 
         def leaf(gi):
             f = jnp.mean(jnp.square(gi), axis=0)
@@ -187,10 +206,8 @@ def add_reweighting_noise(scale, key=0) -> optax.GradientTransformationExtraArgs
         g = extra.get("per_example_grads")
         if g is None:
             raise ValueError("add_reweighting_noise needs the extra argument per_example_grads=...")
-        if jax.tree.structure(g) != jax.tree.structure(updates):
-            raise ValueError("per_example_grads must have the structure of the gradient")
+        batch = _per_example("add_reweighting_noise", g, updates)
         rng_key, sample_key = jax.random.split(state.rng_key)
-        batch = jax.tree.leaves(g)[0].shape[0]
         z = jax.random.normal(sample_key, (batch,))
         noise = jax.tree.map(lambda gi: (scale / batch) * jnp.tensordot(z, gi, axes=1), g)
         return jax.tree.map(lambda u, n: u + n.astype(u.dtype), updates, noise), NoiseState(rng_key)
