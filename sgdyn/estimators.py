@@ -2,7 +2,8 @@ r"""Censoring-aware estimates of the mean exit time (THEORY.md section 5).
 
 Particles still inside at t_max are *censored*, not dropped: dropping them biases the mean low.
 
-- No particle censored: the sample mean, with a Student-t interval (no model assumed).
+- No particle censored: the sample mean, with a t interval corrected for skewness (Hall 1992;
+  no model assumed: the symmetric t interval covered 0.90 for 10 exponential times).
 - Some censored: metastable escape is close to memoryless, so the tail is exponential.
   E[tau] = E[min(tau, t_max)] + P(tau > t_max) / lambda, with lambda fitted to the escapes
   late in the run (after relaxation inside the well, which a single exponential would miss).
@@ -82,6 +83,33 @@ def recorded_extrapolations(ignore_other_runtime_warnings: bool = False):
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
+def _records(time, escaped, *others):
+    """``time``, ``escaped`` and further masks (each None or like ``escaped``) as float and
+    bool arrays of one 1-D shape, or a ValueError naming the argument."""
+    time = np.asarray(time, float)
+    if time.ndim != 1:
+        raise ValueError(f"time must be 1-D (one entry per particle), got shape {time.shape}")
+    masks = []
+    for name, mask in (("escaped", escaped),) + others:
+        if mask is None:
+            masks.append(None)
+            continue
+        mask = np.asarray(mask)
+        if mask.shape != time.shape:
+            raise ValueError(f"{name} must have the shape of time {time.shape}, got {mask.shape}")
+        if mask.dtype != bool and not np.all((mask == 0) | (mask == 1)):
+            raise ValueError(f"{name} must be a boolean mask, got values {np.unique(mask)[:5]}")
+        masks.append(mask.astype(bool))
+    return (time, *masks)
+
+
+def _window(start, end) -> tuple[float, float]:
+    start, end = float(start), float(end)
+    if not (math.isfinite(start) and math.isfinite(end) and start < end):
+        raise ValueError(f"start and end must be finite with start < end, got {start}, {end}")
+    return start, end
+
+
 def grid_step(dt) -> float:
     """``dt`` as the positive step of a time grid, or a ValueError naming it."""
     if np.ndim(dt) != 0:
@@ -110,10 +138,10 @@ def constant_rate_test(time, escaped, start: float, end: float, dt: float | None
     with 10-470 escapes in the window, up to 0.16% where the second half's time at risk rests
     on a few survivors; p < 0.01 in 0.7-0.9% of samples on grids of 34-100 steps.
     """
-    time = np.asarray(time, float)
-    escaped = np.asarray(escaped, bool)
+    time, escaped = _records(time, escaped)
+    start, end = _window(start, end)
     if dt is None:
-        u, lo, hi, unit = time, float(start), float(end), 1.0
+        u, lo, hi, unit = time, start, end, 1.0
         mid = (lo + hi) / 2
     else:  # in steps: an end within 1e-3 steps above a grid point is on it (past ~1.7e4
         # float32 steps, t_max / dt may fall a step lower: a window a step shorter, still sound)
@@ -143,7 +171,8 @@ def exit_time_estimate(time, escaped, censored=None, diverged=None, confidence=0
     (t = k * lr units); ``dt``, where the times lie on a grid of steps (the engine's records),
     puts the constant-rate check's split on it (``constant_rate_test``). Three regimes:
 
-    - nothing censored: the sample mean with a Student-t interval ("sample-mean");
+    - nothing censored: the sample mean, with a t interval corrected for the sample's skewness
+      (Hall's transformation; ``_skew_corrected_t``) ("sample-mean");
     - censored, with >= ``min_tail_events`` escapes in (t_max/2, t_max]: the mean of
       min(tau, t_max) plus the censored fraction times the mean residual life 1/lambda of an
       exponential fitted to the tail (t_max/2, t_max], which on a grid of steps (``dt``)
@@ -170,11 +199,22 @@ def exit_time_estimate(time, escaped, censored=None, diverged=None, confidence=0
     fit is then chosen when they came early, and covers 0.87 given that choice (0.942 overall).
     """
     _checks.in_range("confidence", confidence, 0.0, 1.0)
+    _checks.positive_int("min_tail_events", min_tail_events)
     dt = None if dt is None else grid_step(dt)
-    time = np.asarray(time, float)
-    escaped = np.asarray(escaped, bool)
-    diverged = np.zeros_like(escaped) if diverged is None else np.asarray(diverged, bool)
-    censored = (~escaped & ~diverged) if censored is None else np.asarray(censored, bool)
+    time, escaped, censored, diverged = _records(time, escaped, ("censored", censored),
+                                                 ("diverged", diverged))
+    diverged = np.zeros_like(escaped) if diverged is None else diverged
+    censored = (~escaped & ~diverged) if censored is None else censored
+    if np.any(escaped & censored) or np.any(diverged & (escaped | censored)):
+        raise ValueError("escaped, censored and diverged must not overlap: a particle is one")
+    timed = time[escaped | censored]  # a diverged particle's time takes no part
+    if not np.all(np.isfinite(timed) & (timed >= 0)):
+        raise ValueError(f"time must be finite and >= 0 for escaped and censored particles, got "
+                         f"{timed[~(np.isfinite(timed) & (timed >= 0))][:5].tolist()}")
+    if censored.any() and np.any(time[escaped] > time[censored].max()):
+        raise ValueError(f"an escaped time exceeds the censoring time t_max = "
+                         f"{time[censored].max():.6g}: censored particles must be censored at "
+                         f"t_max, after every escape")
     k, m, nd = int(escaped.sum()), int(censored.sum()), int(diverged.sum())
     naive = float(time[escaped].mean()) if k else math.nan
     t_max = float(time[censored].max()) if m else math.nan  # the censoring time
@@ -191,7 +231,7 @@ def exit_time_estimate(time, escaped, censored=None, diverged=None, confidence=0
                           f"extrapolated from {k} escapes of {k + m}: it assumes an "
                           f"exponential law from the start; a longer t_max measures it",
                           RuntimeWarning, stacklevel=_checks.stacklevel_outside_sgdyn())
-        if fitted_from is not None:
+        if fitted_from is not None and t_max > fitted_from:
             early, late, p = constant_rate_test(t, esc, fitted_from, t_max, dt)
             if p < RATE_CHANGE_LEVEL:
                 where = (f"past t_max / 2 = {fitted_from:.4g}" if fitted_from
@@ -217,8 +257,7 @@ def exit_time_estimate(time, escaped, censored=None, diverged=None, confidence=0
     if m == 0:
         if k == 1:
             return result(t[0], (0.0, math.inf), "sample-mean")
-        half = stats.t.ppf(1 - alpha / 2, k - 1) * t.std(ddof=1) / math.sqrt(k)
-        return result(t.mean(), (t.mean() - half, t.mean() + half), "sample-mean")
+        return result(t.mean(), _skew_corrected_t(t, alpha), "sample-mean")
 
     t_c, after = t_max / 2, t > t_max / 2
     if dt is not None:  # on a grid: the tail starts at the step at or before t_max / 2 (from
@@ -245,12 +284,43 @@ def exit_time_estimate(time, escaped, censored=None, diverged=None, confidence=0
     return result(s / k, (low, high), "exponential-mle", 0.0)
 
 
+def _skew_corrected_t(t, alpha):
+    """Interval for the mean of a skewed sample: Hall's (1992) transformation of the t statistic.
+
+    T = (mean - mu) / se has a skewed law for skewed data (exit times are right-skewed), and the
+    symmetric t interval then misses mostly on one side. With the sample skewness g, a = g /
+    (3 sqrt n) and b = g / (6 sqrt n), f(T) = ((1 + a T)^3 - 1) / (3 a) + b is close to
+    Student-t; inverting f at the t quantiles gives the interval, clipped at 0 (times are >= 0).
+    It is the t interval when g = 0. Measured coverage of the 95% interval, 20,000 samples
+    each, against the t interval's: exponential times 0.918 / 0.940 / 0.944 / 0.948 at n = 5 /
+    10 / 20 / 50 (t: 0.879 / 0.901 / 0.918 / 0.935), Gamma(1/2) 0.900 / 0.932 / 0.945 / 0.947
+    (t: 0.825 / 0.859 / 0.892 / 0.922), uniform 0.951 / 0.970 / 0.965 / 0.958 (t: 0.933 /
+    0.948 / 0.947 / 0.950), lognormal(0, 1) 0.905 / 0.920 at n = 10 / 20 (t: 0.841 / 0.862):
+    a heavier tail still needs more runs.
+    """
+    n = t.size
+    mean, se = t.mean(), t.std(ddof=1) / math.sqrt(n)
+    d = t - mean
+    m2 = np.mean(d * d)
+    if not se > 0 or not m2 > 0:  # every time the same: nothing to spread
+        return mean, mean
+    g = np.mean(d**3) / m2**1.5
+    a, b = g / (3 * math.sqrt(n)), g / (6 * math.sqrt(n))
+    q = stats.t.ppf(1 - alpha / 2, n - 1)
+
+    def f_inverse(y):
+        return y - b if a == 0 else (np.cbrt(1 + 3 * a * (y - b)) - 1) / a
+
+    return max(mean - se * f_inverse(q), 0.0), mean - se * f_inverse(-q)
+
+
 def kaplan_meier(time, escaped, diverged=None):
     """Kaplan-Meier survival curve: (event times, S(t) just after each), censoring-aware."""
-    time = np.asarray(time, float)
-    escaped = np.asarray(escaped, bool)
-    keep = np.ones_like(escaped) if diverged is None else ~np.asarray(diverged, bool)
+    time, escaped, diverged = _records(time, escaped, ("diverged", diverged))
+    keep = np.ones_like(escaped) if diverged is None else ~diverged
     time, escaped = time[keep], escaped[keep]
+    if not np.all(np.isfinite(time) & (time >= 0)):
+        raise ValueError("time must be finite and >= 0 for particles that did not diverge")
     order = np.argsort(time, kind="stable")
     time, escaped = time[order], escaped[order]
     uniq, first = np.unique(time, return_index=True)

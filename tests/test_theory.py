@@ -212,6 +212,20 @@ def test_gibbs_density_of_flat_kinked_one_sided_and_two_well_losses(case):
     assert th.gibbs_density(loss, temperature, **kw)(x) == pytest.approx(exact, rel=1e-8)
 
 
+def test_gibbs_density_is_zero_off_its_support_and_refuses_a_loss_unbounded_below():
+    p = th.gibbs_density(lambda v: np.asarray(v, float), 1.0, support=(0.0, np.inf))
+    assert p(-1.0) == 0.0 and p(1.0) == pytest.approx(math.exp(-1), rel=1e-10)
+    assert integrate.quad(p, -np.inf, np.inf)[0] == pytest.approx(1.0, rel=1e-8)
+    cubic = lambda v: np.asarray(v, float) ** 2 - 1e-3 * np.asarray(v, float) ** 3  # noqa: E731
+    for loss, temperature in ((cubic, 1.0), (lambda v: 0.5 * v**2 - 0.01 * v**3, 0.2),
+                              (lambda v: -np.asarray(v, float) ** 2, 1.0)):
+        with pytest.raises(ValueError, match="not integrable"):
+            th.gibbs_density(loss, temperature)
+    # the same cubic well on a support that stops before it falls: its local Gibbs density
+    well = th.gibbs_density(cubic, 0.05, support=(-np.inf, 300.0))
+    assert well(0.0) == pytest.approx(1 / math.sqrt(2 * math.pi * 0.05 / 2), rel=2e-3)
+
+
 @pytest.mark.parametrize("centre, temperature", [(80.0, 1.0), (10.0, 1e-3), (-3e3, 0.5)])
 def test_gibbs_density_of_a_narrow_or_distant_well(centre, temperature):
     """Once 3e101 at the centre (minimum outside the search grid) or 'not integrable' (a peak

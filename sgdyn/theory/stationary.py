@@ -107,7 +107,10 @@ def gibbs_density(loss, temperature, *, support=(-np.inf, np.inf), points=None):
     anchored at the global minimum m (a grid over the support within [-50, 50], then a
     downhill search that may leave it): a window of 20 widths on each side, a width being
     where L first rises by T above L(m), then the two tails. Other narrow wells far from m:
-    pass them in ``points`` (in a tail too).
+    pass them in ``points`` (in a tail too). The density is 0 outside ``support``. A ValueError
+    says when exp(-L/T) is not integrable, e.g. where L falls below L(m) far out on an infinite
+    side (probed at m +- 10^2 ... 10^12): a loss unbounded below, such as a cubic well, needs a
+    bounded support.
     """
     _checks.positive("temperature", temperature)
     lo, hi = support
@@ -122,7 +125,8 @@ def gibbs_density(loss, temperature, *, support=(-np.inf, np.inf), points=None):
     i = int(np.argmin(loss(grid)))
     step = grid[1] - grid[0]
     # downhill from the best grid point (Brent, bracketing outward as far as the loss falls)
-    res = optimize.minimize_scalar(on_support, bracket=(grid[i] - step, grid[i]))
+    with np.errstate(over="ignore", invalid="ignore"):  # a loss unbounded below: refused below
+        res = optimize.minimize_scalar(on_support, bracket=(grid[i] - step, grid[i]))
     m = float(res.x) if math.isfinite(res.fun) and res.fun <= loss(grid[i]) else float(grid[i])
     shift = on_support(m)
 
@@ -136,29 +140,52 @@ def gibbs_density(loss, temperature, *, support=(-np.inf, np.inf), points=None):
         return s
 
     a, b = max(lo, m - 20 * width(-1)), min(hi, m + 20 * width(1))
+    # far out on an infinite side, a loss below L(m) means the minimum searched for lies
+    # beyond the grid or L is unbounded below (a cubic well): exp(-L/T) is then not what the
+    # quadrature around m would normalise, or not integrable at all
+    for side, end in ((-1, lo), (1, hi)):
+        if math.isinf(end):
+            for far in (m + side * 10.0**k for k in range(2, 13)):
+                with np.errstate(over="ignore", invalid="ignore"):
+                    below = on_support(far) < shift
+                if below:
+                    raise ValueError(
+                        f"exp(-L/T) is not integrable on the given support, or its minimum lies "
+                        f"outside [-50, 50]: L({far:.3g}) = {on_support(far):.6g} is below "
+                        f"L({m:.6g}) = {shift:.6g}; give a bounded support")
 
     def weight(x):
-        return math.exp(-(loss(x) - shift) / temperature)
+        try:
+            return math.exp(-(loss(x) - shift) / temperature)
+        except OverflowError:  # L far below L(m) inside the support
+            raise ValueError(f"exp(-L/T) is not integrable on the given support: L({x:.6g}) "
+                             f"is far below L({m:.6g}) = {shift:.6g}") from None
 
-    def piece(u, v):
+    def piece(u, v, epsabs=0.0):
         """Integral over (u, v), split at the given points so quad cannot step over a well."""
         inner = [p for p in points if u < p < v]
         if math.isinf(u) and inner:  # quad takes no points on an infinite range
-            return piece(u, inner[0]) + piece(inner[0], v)
+            return piece(u, inner[0], epsabs) + piece(inner[0], v, epsabs)
         if math.isinf(v) and inner:
-            return piece(u, inner[-1]) + piece(inner[-1], v)
+            return piece(u, inner[-1], epsabs) + piece(inner[-1], v, epsabs)
         if not u < v:
             return 0.0
-        return integrate.quad(weight, u, v, points=inner or None, limit=500, epsabs=0,
+        return integrate.quad(weight, u, v, points=inner or None, limit=500, epsabs=epsabs,
                               epsrel=1e-11)[0]
 
-    z = piece(lo, a) + piece(a, m) + piece(m, b) + piece(b, hi)
+    # the tails to within 1e-13 of the window's mass: a relative tolerance alone on a tail that
+    # holds next to nothing ends in quad's round-off warnings
+    window = piece(a, m) + piece(m, b)
+    z = piece(lo, a, 1e-13 * window) + window + piece(b, hi, 1e-13 * window)
     if not (z > 0 and math.isfinite(z)):
         raise ValueError("exp(-L/T) is not integrable on the given support")
 
     def density(x):
         x = np.asarray(x, float)
-        return np.exp(-(loss(x) - shift) / temperature) / z
+        inside = (x >= lo) & (x <= hi)
+        with np.errstate(over="ignore", invalid="ignore"):  # L outside the support: any value
+            p = np.exp(-(loss(x) - shift) / temperature) / z
+        return np.where(inside, p, 0.0)
 
     return density
 
