@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
-from sgdyn.build import DYNAMICS, LANDSCAPES
-from sgdyn.cli import DefaultsFormatter, Parser, run_main
-from sgdyn.io import provenance, write_json
-from sgdyn.single_escape import escape_time_experiment
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's sgdyn, not another one installed
+
+from sgdyn.build import DYNAMICS, LANDSCAPES  # noqa: E402
+from sgdyn.cli import DefaultsFormatter, Parser, run_main  # noqa: E402
+from sgdyn.io import jsonable, provenance, write_json  # noqa: E402
+from sgdyn.single_escape import escape_time_experiment  # noqa: E402
 
 
 # the flags each landscape and each dynamic reads; one that the run would ignore is refused
@@ -85,6 +89,8 @@ def parse(argv=None) -> dict:
     p.add_argument("--json", default=None, help="write the result here (atomically)")
     cfg = vars(p.parse_args(argv))
     _refuse_ignored_flags(p, cfg)
+    if not 0 <= cfg["seed"] < 2**32:  # a JAX key keeps 32 bits: others repeat another seed
+        p.error(f"--seed must lie in [0, 2^32), got {cfg['seed']}")
     return cfg
 
 
@@ -94,10 +100,10 @@ def main(argv=None) -> dict:
     result = {**escape_time_experiment(cfg), "provenance": provenance()}
     if out_path:
         write_json(out_path, result)
-    print(json.dumps({k: result[k] for k in ("mean_exit_time", "ci95", "n_escaped",
-                                             "n_censored")} | {
-        k: result[k] for k in ("exact_mean_exit_time", "asymptotic_mean_exit_time")
-        if k in result}))
+    summary = {k: result[k] for k in ("mean_exit_time", "ci95", "method", "n_escaped",
+                                      "n_censored", "n_diverged", "exact_mean_exit_time",
+                                      "asymptotic_mean_exit_time") if k in result}
+    print(json.dumps(jsonable(summary), allow_nan=False))  # the file's values, as JSON has them
     return result
 
 

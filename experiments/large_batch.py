@@ -10,9 +10,9 @@ train accuracy, their gap and the sharpness reached) as JSON and a figure, atomi
 
 A killed run loses at most the method in training: each finished method is recorded in
 <out>/.large_batch_progress.json, and re-running the same command (same flags, hence the same
-calibration) keeps those and trains the rest; the file is removed once the table is written,
-and --fresh ignores it. Seeds fix every random number, so a resumed table equals an
-uninterrupted one.
+calibration, on the same code and number of devices) keeps those and trains the rest; the file
+is removed once the table is written, and --fresh ignores it. Seeds fix every random number,
+so a resumed table equals an uninterrupted one.
 
 Noise scales left unset ("auto") are calibrated once, at the first seed's initial weights on
 512 training examples, from the average diagonal of the empirical Fisher fbar = mean_j F_jj:
@@ -176,6 +176,9 @@ def _check(cfg: dict) -> list[str]:
         raise ValueError(f"sharpness-iters must be >= 0, got {cfg['sharpness_iters']}")
     if cfg["dataset"] == "npz" and not cfg["data_path"]:
         raise ValueError("data-path is required with --dataset npz")
+    if cfg["dataset"] != "npz" and cfg["data_path"]:  # else trained on another data set
+        raise ValueError(f"data-path applies to --dataset npz only, not --dataset "
+                         f"{cfg['dataset']}")
     methods = [m.strip() for m in cfg["methods"].split(",") if m.strip()]
     for m in methods:
         _checks.choice("methods", m, METHODS)
@@ -242,8 +245,11 @@ def run_experiment(cfg: dict, prepared=None, log=print, progress_file=None) -> d
 
     methods, data, model = prepared if prepared is not None else prepare(cfg)
     cal = calibrate(model, data, cfg)
+    import jax
+
+    # same flags, code and device count (the seeds' split over devices moves last digits)
     run_id = {"flags": {k: v for k, v in cfg.items() if k not in ("out", "methods")},
-              "calibration": cal}
+              "calibration": cal, "source": io.source_state(), "devices": jax.device_count()}
     done = _finished(progress_file, run_id)
     seeds = list(range(cfg["seed"], cfg["seed"] + cfg["seeds"]))
     bs, bl, mom = cfg["small_batch"], cfg["large_batch"], cfg["momentum"]

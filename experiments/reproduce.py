@@ -8,8 +8,9 @@ Each figure gets a JSON beside it with the plotted numbers, flags, seeds, packag
 run time. Same machine, same seed: the same numbers.
 
 Interrupted runs resume: after each experiment a progress file (<out>/.reproduce_progress.json)
-records it as done; re-running the same command (even after kill -9) skips what is done and
-runs the rest, and a complete run removes the file. --fresh ignores it.
+records it as done; re-running the same command on the same code (even after kill -9) skips
+what is done and runs the rest, and a complete run removes the file. --fresh ignores it, and
+so does a run whose code (library, scripts, pyproject.toml) differs from the interrupted one's.
 """
 
 import json
@@ -25,7 +26,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from sgdyn.cli import Parser, Progress, run_main  # noqa: E402
 from sgdyn.experiments import EXPERIMENTS  # noqa: E402
 from sgdyn.experiments.common import script_main  # noqa: E402
-from sgdyn.io import write_json  # noqa: E402
+from sgdyn.io import source_state, write_json  # noqa: E402
 
 ALL = (*EXPERIMENTS, "large_batch")
 
@@ -60,7 +61,9 @@ def main(argv=None) -> dict:
     progress = Progress(len(names), "reproduce", quiet=ns.quiet)
     results, times = {}, {}
     marker = out / ".reproduce_progress.json"
-    run_id = {"quick": ns.quick, "names": names}
+    # the same command on the same code: after a change to the code (or its defaults) a kept
+    # result would be stale, so the run starts over
+    run_id = {"quick": ns.quick, "names": names, "source": source_state()}
     done = []
     if marker.exists() and not ns.fresh:
         saved = json.loads(marker.read_text())

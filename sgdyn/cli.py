@@ -14,7 +14,8 @@ def run_main(main, argv=None) -> int:
     enable_compilation_cache()
     try:
         main(argv)
-    except (ValueError, TypeError, OverflowError, FileNotFoundError) as err:
+    # FloatingPointError: a quadrature of sgdyn.theory that did not converge (extreme noise)
+    except (ValueError, TypeError, OverflowError, FloatingPointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

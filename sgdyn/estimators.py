@@ -58,14 +58,17 @@ EXTRAPOLATION_WARNING = 10.0  # a censored estimate past this many t_max is flag
 RATE_CHANGE_LEVEL = 1e-3  # and one whose exit rate changes within its fit window at this p
 # the messages of both, as a warnings filter sees them
 EXTRAPOLATED = "the mean exit time .* (times t_max|constant exit rate)"
-# what a script keeps with its results: those, and a boundary correction on weak increments
-RECORDED = EXTRAPOLATED + "|correction=.* assumes Gaussian increments"
+# what a script keeps with its results: those, a boundary correction on weak increments, and
+# an estimate with no data (every particle diverged)
+RECORDED = (EXTRAPOLATED + "|correction=.* assumes Gaussian increments"
+            + "|all .* particles diverged")
 
 
 @contextlib.contextmanager
 def recorded_extrapolations(ignore_other_runtime_warnings: bool = False):
     """Collect the warnings about a measurement raised inside (``RECORDED``: an extrapolated
-    or not-yet-memoryless estimate, a correction on weak increments; each message once) into
+    or not-yet-memoryless estimate, a correction on weak increments, an estimate with no data
+    because every particle diverged; each message once) into
     the list it yields, for a script to keep with its results; every other warning is shown
     as usual on leaving (other RuntimeWarnings dropped if ``ignore_other_runtime_warnings``)."""
     flagged: list[str] = []

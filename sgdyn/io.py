@@ -7,6 +7,7 @@ one. Every JSON result carries ``provenance()``: command, versions, commit, mach
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -19,15 +20,17 @@ from typing import Any
 import numpy as np
 
 
-def _to_jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """``obj`` with NumPy and JAX values as Python ones, NaN as None and +-inf as "inf" /
+    "-inf": what ``write_json`` writes."""
     if isinstance(obj, dict):
-        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_to_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, (np.generic,)):
-        return _to_jsonable(obj.item())  # a NaN or inf scalar becomes a float: converted below
+        return jsonable(obj.item())  # a NaN or inf scalar becomes a float: converted below
     if hasattr(obj, "shape") and hasattr(obj, "tolist"):  # numpy / jax arrays
-        return _to_jsonable(np.asarray(obj).tolist())
+        return jsonable(np.asarray(obj).tolist())
     if isinstance(obj, float) and not np.isfinite(obj):
         return None if np.isnan(obj) else ("inf" if obj > 0 else "-inf")
     if isinstance(obj, Path):
@@ -57,7 +60,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def write_json(path: str | os.PathLike, payload: dict) -> Path:
     """Write ``payload`` as indented JSON, atomically. Arrays become lists."""
-    text = json.dumps(_to_jsonable(payload), indent=2, sort_keys=False, allow_nan=False)
+    text = json.dumps(jsonable(payload), indent=2, sort_keys=False, allow_nan=False)
     return atomic_write_bytes(path, (text + "\n").encode())
 
 
@@ -76,23 +79,41 @@ def save_figure(fig, path: str | os.PathLike, **kwargs) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _git_commit() -> str | None:
+def _git(*args) -> str | None:
     try:
         here = Path(__file__).resolve().parent
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None
+        out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout if out.returncode == 0 else None
     except Exception:
         return None
 
 
+# what makes the numbers: the library, the scripts and the declared dependencies (not the
+# figures and results the scripts write, nor docs and tests)
+_SOURCE = ("sgdyn", "experiments", "pyproject.toml")
+
+
+def source_state() -> dict:
+    """The checkout this sgdyn runs from: ``commit``, and whether its code differs from it
+    (``dirty``: ``git diff HEAD`` over the library, the scripts and pyproject.toml, hashed in
+    ``diff_sha256``); None where there is no git."""
+    commit = _git("rev-parse", "HEAD")
+    if not commit:
+        return {"commit": None, "dirty": None}
+    diff = _git("diff", "HEAD", "--", *(f":(top){p}" for p in _SOURCE)) or ""
+    state = {"commit": commit.strip(), "dirty": bool(diff)}
+    if diff:
+        state["diff_sha256"] = hashlib.sha256(diff.encode()).hexdigest()
+    return state
+
+
 def provenance() -> dict:
-    """Command line, package versions, git commit and machine: enough to re-run a result."""
+    """Command line, package versions, git commit (and whether the checkout differed from it)
+    and machine: enough to re-run a result."""
     import importlib.metadata as md
 
     versions = {}
-    for pkg in ("sgdyn", "jax", "jaxlib", "flax", "optax", "numpy", "scipy"):
+    for pkg in ("sgdyn", "jax", "jaxlib", "flax", "optax", "numpy", "scipy", "matplotlib"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:  # run from a source checkout: the module knows
@@ -107,7 +128,7 @@ def provenance() -> dict:
     return {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None,
         "versions": versions,
-        "commit": _git_commit(),
+        **source_state(),
         "python": platform.python_version(),
         "machine": platform.platform(),
         "backend": backend,

@@ -15,6 +15,8 @@ SCRIPT = ROOT / "experiments" / "escape_time.py"
 
 
 def run(*args, cwd=None, env=None):
+    # this checkout's sgdyn, whatever else is installed (the script puts it first too)
+    env = dict(os.environ if env is None else env, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
                           cwd=cwd, timeout=300, env=env)
 
@@ -159,3 +161,22 @@ def test_zero_lengths_beyond_the_saddle_is_the_saddle():
         assert zero_beyond[key] == pytest.approx(at_saddle[key], rel=1e-9), key
     assert full["asymptotic_mean_exit_time"] == pytest.approx(
         2 * at_saddle["asymptotic_mean_exit_time"], rel=1e-12)
+
+
+def test_a_seed_a_jax_key_cannot_hold_is_refused():
+    """jax.random.key keeps 32 bits: 2^32 ran seed 0's numbers and recorded 2^32."""
+    for seed in ("4294967296", "-1"):
+        proc = run("--particles", "100", "--seed", seed)
+        assert proc.returncode == 2 and "--seed" in proc.stderr, proc.stderr
+
+
+def test_every_particle_diverged_prints_valid_json_and_keeps_the_warning(tmp_path):
+    out = tmp_path / "d.json"
+    proc = run("--landscape", "quadratic", "--dynamics", "langevin", "--lr", "3", "--radius",
+               "1e9", "--t-max", "300", "--particles", "100", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout)  # strict JSON: no NaN
+    assert printed["n_diverged"] == 100 and printed["method"] == "no-data"
+    saved = json.loads(out.read_text())
+    assert printed["ci95"] == saved["ci95"] == [None, None]
+    assert saved["warnings"] == ["all 100 particles diverged: no exit-time estimate"]

@@ -139,6 +139,10 @@ def test_discretization_points_and_stability(quick):
     ("tails", ["--quick", "--ergodic-particles", "1"], "ergodic-particles"),
     ("sharp_flat", ["--quick", "--data-seed", "-5"], "data-seed"),
     ("barrier", ["--quick", "--seed", str(10**23)], "seed"),
+    ("barrier", ["--barriers="], "at least one number"),  # once "invalid _float_list value"
+    ("barrier", ["--quick", "--quiet", "--sigma2", "0.01"], "--sigma2"),  # "math range error"
+    ("tails", ["--quick", "--quiet", "--lrs", "0.1,1.9", "--show-lr", "0.1"], "--lrs"),
+    ("discretization", ["--quick", "--quiet", "--noise-langevin", "0.001"], "--noise-langevin"),
 ])
 def test_bad_flags_print_one_line_and_exit_nonzero(script, argv, word, capsys):
     from sgdyn.cli import run_main

@@ -50,6 +50,7 @@ def test_quick_run_writes_table_and_figure(tmp_path):
     (["--quick", "--large-batch", "100000"], "large-batch"),
     (["--methods", "small,bogus"], "methods"),
     (["--dataset", "npz"], "path"),
+    (["--data-path", "mine.npz"], "data-path"),  # once trained on MNIST-1D, its flags said mine
     (["--no-such-flag"], "no-such-flag"),
 ])
 def test_bad_flags_one_line_and_nonzero_exit(argv, word, capsys):

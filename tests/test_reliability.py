@@ -146,6 +146,27 @@ def test_reproduce_resumes_after_kill_with_the_same_numbers(tmp_path):
         assert _plotted(out / f"{name}.json") == _plotted(fresh / f"{name}.json")
 
 
+def test_reproduce_keeps_an_interrupted_result_only_from_the_same_code(tmp_path):
+    """A progress file from a run on other code (a pulled commit, edited defaults) is ignored:
+    the experiment runs again instead of keeping a stale result."""
+    import importlib.util
+
+    from sgdyn.io import source_state, write_json
+
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "experiments" / "reproduce.py")
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    argv = ["--quick", "--quiet", "--only", "barrier", "--out", str(tmp_path)]
+    run_id = {"quick": True, "names": ["barrier"]}
+    for source, kept in ((source_state(), True), ({"commit": "0" * 40, "dirty": False}, False)):
+        write_json(tmp_path / "barrier.json", {"stale": True})
+        write_json(tmp_path / ".reproduce_progress.json",
+                   {"run": {**run_id, "source": source}, "done": ["barrier"]})
+        result = reproduce.main(argv)["results"]["barrier"]
+        assert ("stale" in result) == kept
+        assert ("stale" in json.loads((tmp_path / "barrier.json").read_text())) == kept
+
+
 def test_the_flat_api_lists_every_public_name():
     """sgdyn.__all__ is the flat public API: every listed name exists, and every public name
     imported into the package (modules aside, theory included) is listed."""

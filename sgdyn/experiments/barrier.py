@@ -67,10 +67,14 @@ def _r2(fit):
 
 
 def exact_time(dyn, cfg, barrier):
-    return math.exp(th.kramers_exit_time(cfg["h"], cfg["h"], barrier, lr=cfg["lr"],
-                                         batch_size=cfg["batch_size"], noise=THEORY_NOISE[dyn],
-                                         n_lengths=cfg["n_lengths"], log=True,
-                                         **_params(dyn, cfg)))
+    log_t = th.kramers_exit_time(cfg["h"], cfg["h"], barrier, lr=cfg["lr"],
+                                 batch_size=cfg["batch_size"], noise=THEORY_NOISE[dyn],
+                                 n_lengths=cfg["n_lengths"], log=True, **_params(dyn, cfg))
+    if log_t > 700:  # past float64 (e^709), and far past any run
+        flags = "--sigma-g, --sigma-h" if dyn == "pld" else "--sigma2"
+        raise ValueError(f"the exact {dyn} mean exit time at barrier {barrier:g} is e^{log_t:.4g}"
+                         f": raise {flags} or lower --barriers")
+    return math.exp(log_t)
 
 
 def asymptotic_time(dyn, cfg, barrier):

@@ -3,6 +3,8 @@ helpers and the atomic writer (figure + JSON with provenance, flags, seeds and r
 
 from __future__ import annotations
 
+import argparse
+
 import importlib
 import math
 import sys
@@ -22,12 +24,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _float_list(text: str) -> tuple:
+    # ArgumentTypeError: argparse shows its text (a ValueError becomes "invalid value")
     try:
         values = tuple(float(v) for v in str(text).split(",") if v.strip())
     except ValueError:
-        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") \
+            from None
     if not values:
-        raise ValueError("expected at least one number")
+        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
     return values
 
 

@@ -100,6 +100,14 @@ def run(cfg, progress) -> dict:
               "langevin": th.kramers_escape_point(h, h, dl, lr=1.0, batch_size=b,
                                                   noise="langevin", n_lengths=cfg["n_lengths"],
                                                   sigma2=sl)}
+    # the finest runs take t_max / (lr / substeps) steps, which the engine caps at 2^30
+    finest = min(cfg["lrs"]) / cfg["substeps"]
+    for fam, flags in (("pld", "--noise-g, --noise-h"), ("langevin", "--noise-langevin")):
+        if cfg["t_max_factor"] * exact[fam] / finest >= 2**30:
+            raise ValueError(f"the exact {fam} mean exit time {exact[fam]:.3g} needs "
+                             f"{cfg['t_max_factor'] * exact[fam] / finest:.3g} steps at dt = "
+                             f"{finest:.3g}, more than the engine's 2^30: raise {flags}, or "
+                             f"lower --barrier or --t-max-factor")
     base_problem = SyntheticPLD.make(well, 1.0, 1.0, cfg["n_examples"], seed=cfg["data_seed"])
     sims = {s: [] for s in SERIES}
     for i, lr in enumerate(cfg["lrs"]):

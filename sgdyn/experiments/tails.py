@@ -94,7 +94,7 @@ def validate(cfg):
 
 
 def n_stages(cfg):
-    return len(cfg["lrs"]) * len(cfg["batch_sizes"]) + len(cfg["ergodic_ratios"]) + 1
+    return len(cfg["lrs"]) * len(cfg["batch_sizes"]) + len(cfg["ergodic_ratios"])
 
 
 _samples = jax.jit(simulate_samples, static_argnums=(3, 4, 5, 6))
@@ -189,6 +189,10 @@ def run(cfg, progress) -> dict:
                 x = np.asarray(rec.x[:, :, 0], float)  # (m, n)
                 ok = ~np.asarray(rec.diverged)
                 x = x[:, ok]
+                if x.size <= k:  # Hill needs k + 1 samples (diverged runs have none)
+                    raise ValueError(f"at lr {lr:g} (--lrs), b {b}: {int((~ok).sum())} of {n} "
+                                     f"{name.upper()} runs diverged, too few samples left for "
+                                     f"the Hill estimate (k = {k}); lower the lr")
                 owner = np.broadcast_to(np.arange(x.shape[1]), x.shape).ravel()
                 flat = x.ravel()
                 t_burn = burn * float(dyn.dt)
