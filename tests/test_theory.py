@@ -109,6 +109,27 @@ def test_exact_time_survives_psi_spanning_600_orders_of_magnitude():
         th.kramers_exit_time(h, h, barrier, noise="pld_loss", **args)
 
 
+@pytest.mark.parametrize("diffusion, x0", [(1e-4, 0.9), (1e-4, 0.95), (2e-4, 0.9), (1e-5, 2.0)])
+def test_weak_noise_exit_far_from_the_minimum_with_the_left_at_minus_infinity(diffusion, x0):
+    """OU (drift -x, constant D) from x0 to x0 + 0.1, the minimum 0 far left of the start in
+    noise widths: its mass lies in the geometric left tail, which once kept 4 panels per
+    doubling however far the rest was refined (-1% at log T = 5000, and 'did not converge' at
+    D = 1e-5). Reference: the inner integral in closed form (log Phi), the outer by quad."""
+    r = x0 + 0.1
+    s = math.sqrt(1 / diffusion)
+
+    def log_inner(y):  # log of exp(y^2 / 2D) / D * int_{-inf}^y exp(-z^2 / 2D) dz
+        return y * y / (2 * diffusion) + special.log_ndtr(y * s) + math.log(
+            math.sqrt(2 * math.pi * diffusion) / diffusion)
+
+    top = log_inner(r)
+    outer = integrate.quad(lambda y: math.exp(log_inner(y) - top), x0, r, epsabs=0,
+                           epsrel=1e-12, limit=500)[0]
+    exact = top + math.log(outer)
+    got = th.log_mean_exit_time(lambda x: -x, lambda x: diffusion + 0 * x, x0, r)
+    assert got == pytest.approx(exact, abs=1e-9), (got, exact)
+
+
 @pytest.mark.parametrize("kappa", [1.5, 2.0, 3.0])
 def test_heavy_tailed_pld_exit_time_is_finite_and_positive(kappa):
     h, lr, b = 1.0, 0.1, 1
