@@ -74,6 +74,16 @@ def _bound_tag(divergence_bound):
     return () if float(divergence_bound) == 1e8 else (float(divergence_bound),)
 
 
+def _code_tag() -> tuple:
+    """The code a checkpointed chunk was computed with (version, commit, diff hash where the
+    checkout differs): chunks from other code are computed again, not mixed in."""
+    from . import __version__
+    from .io import source_state
+
+    state = source_state()
+    return (__version__, str(state["commit"]), str(state.get("diff_sha256")))
+
+
 def result(record: ExitRecord, dynamic, confidence: float = 0.95) -> ExitResult:
     """A numpy record of ``dynamic`` with its censoring-aware estimate (on its grid of steps)."""
     return ExitResult(record, exit_time_estimate(record.time, record.escaped, record.censored,
@@ -100,7 +110,8 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
     A particle with a coordinate past ``divergence_bound`` (or NaN/inf) is diverged, counted
     apart and left out of the estimate: raise it for a region that reaches further.
     With ``checkpoint`` (a folder or ``sgdyn.checkpoint.Checkpoint``) every finished chunk is
-    saved, and a re-run with the same arguments resumes from the chunks already done; without
+    saved, and a re-run with the same arguments on the same code (version, commit and any
+    uncommitted change to the library) resumes from the chunks already done; without
     ``chunk_size`` it then takes chunks of max(n_particles / 8, 16384) (set by n_particles
     alone, so a resume on another backend or slot count finds them), and a killed run keeps
     most of its work.
@@ -113,9 +124,10 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
     chunk = chunk_size or n_particles
     if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
         checkpoint = Checkpoint(checkpoint)
+    code = _code_tag() if checkpoint is not None else ()
     if checkpoint is not None and chunk_size is None:
         whole = fingerprint(key, dynamic, region, x0, float(t_max), str(correction), 0,
-                            n_particles, *_bound_tag(divergence_bound))
+                            n_particles, *_bound_tag(divergence_bound), *code)
         # a whole run saved as one chunk (as before chunking by default) is still reused
         if checkpoint.load(whole) is None:
             chunk = max(-(-n_particles // 8), CHECKPOINT_MIN_CHUNK)
@@ -125,7 +137,7 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
         tag = None
         if checkpoint is not None:
             tag = fingerprint(key, dynamic, region, x0, float(t_max), str(correction), first, n,
-                              *_bound_tag(divergence_bound))
+                              *_bound_tag(divergence_bound), *code)
             saved = checkpoint.load(tag)
             if saved is not None:
                 parts.append(ExitRecord(**{f: saved[f] for f in ExitRecord._fields}))

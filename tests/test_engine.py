@@ -365,6 +365,21 @@ def test_a_checkpointed_run_without_chunk_size_saves_several_chunks(tmp_path):
     np.testing.assert_array_equal(plain.time, again.time)
 
 
+def test_checkpointed_chunks_from_other_code_are_computed_again(tmp_path, monkeypatch):
+    """A chunk saved by other code (a pulled commit, an edit) is not mixed into this run."""
+    from sgdyn import io
+
+    args = (jax.random.key(5), sg.EulerMaruyama.make(OU, 0.01), sg.Interval.make(-R, R), [0.0],
+            4000, 2.0)
+    sg.measure_exit_times(*args, chunk_size=2000, checkpoint=tmp_path)
+    saved = sorted(tmp_path.glob("*.npz"))
+    sg.measure_exit_times(*args, chunk_size=2000, checkpoint=tmp_path)
+    assert sorted(tmp_path.glob("*.npz")) == saved  # same code: reused
+    monkeypatch.setattr(io, "source_state", lambda: {"commit": "0" * 40, "dirty": False})
+    sg.measure_exit_times(*args, chunk_size=2000, checkpoint=tmp_path)
+    assert len(list(tmp_path.glob("*.npz"))) == 2 * len(saved)  # other code: computed again
+
+
 def _small_run(dyn=None, n=3000, **kw):
     dyn = sg.EulerMaruyama.make(OU, 0.01) if dyn is None else dyn
     return sg.measure_exit_times(jax.random.key(42), dyn, sg.Interval.make(-R, R), [0.0], n,
