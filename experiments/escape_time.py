@@ -35,15 +35,24 @@ DYNAMICS_FLAGS = {"sgd": {"sigma_g", "sigma_h", "n_examples", "without_replaceme
                   "pld": {"sigma_g", "sigma_h"}, "pld_local": {"sigma_g", "sigma_h"}}
 
 
-def _refuse_ignored_flags(p, cfg: dict) -> None:
+def _given(p, argv) -> set:
+    """The flags given on the command line (even at their default value)."""
+    unset = object()
+    p.set_defaults(**{a.dest: unset for a in p._actions if a.dest != "help"})
+    given = {name for name, value in vars(p.parse_args(argv)).items() if value is not unset}
+    p.set_defaults(**{a.dest: a.default for a in p._actions if a.dest != "help"})
+    return given
+
+
+def _refuse_ignored_flags(p, cfg: dict, given: set) -> None:
     for table, choice in ((LANDSCAPE_FLAGS, "landscape"), (DYNAMICS_FLAGS, "dynamics")):
         if cfg[choice] not in table:
             continue  # an unknown name: the library says so
         for name in sorted(set().union(*table.values()) - table[cfg[choice]]):
-            if cfg[name] != p.get_default(name):
+            if name in given:
                 p.error(f"--{name.replace('_', '-')} does not apply to --{choice} "
                         f"{cfg[choice]}")
-    if cfg["to"] == "saddle" and cfg["n_lengths"] != p.get_default("n_lengths"):
+    if cfg["to"] == "saddle" and "n_lengths" in given:
         p.error("--n-lengths does not apply to --to saddle (the exit is the saddle itself)")
 
 
@@ -88,7 +97,7 @@ def parse(argv=None) -> dict:
                    help="folder for finished chunks: a killed run resumes from them")
     p.add_argument("--json", default=None, help="write the result here (atomically)")
     cfg = vars(p.parse_args(argv))
-    _refuse_ignored_flags(p, cfg)
+    _refuse_ignored_flags(p, cfg, _given(p, argv))
     if not 0 <= cfg["seed"] < 2**32:  # a JAX key keeps 32 bits: others repeat another seed
         p.error(f"--seed must lie in [0, 2^32), got {cfg['seed']}")
     return cfg

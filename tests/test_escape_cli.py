@@ -109,6 +109,9 @@ def test_sgd_dynamics_from_the_cli(tmp_path):
         (["--landscape", "quadratic", "--barrier", "1"], "--barrier does not apply"),
         (["--dynamics", "langevin", "--sigma-g", "3"], "--sigma-g does not apply"),
         (["--to", "saddle", "--n-lengths", "7"], "--n-lengths does not apply"),
+        # given at its default value, still ignored (once accepted: compared with the default)
+        (["--to", "saddle", "--n-lengths", "4"], "--n-lengths does not apply"),
+        (["--landscape", "quadratic", "--barrier", "0.3"], "--barrier does not apply"),
     ],
 )
 def test_bad_flags_print_one_line_and_exit_nonzero(args, needle):
