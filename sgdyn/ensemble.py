@@ -89,7 +89,7 @@ def _tick(key, dynamic, x, ids, age, spec: NoiseSpec, visit, share_words: bool =
     a word, recomputing all 20 rounds per step, when the steps land in separate passes.
     """
     steps, calls = rng.plan(spec)
-    words = rng.threefry_words(key, ids, age * calls, calls)
+    words = rng.threefry_words(key, ids, age, calls)
     if share_words:
         words = jax.lax.optimization_barrier(words)
     step = jax.vmap(dynamic.step)

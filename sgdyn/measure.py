@@ -250,6 +250,9 @@ def sample_stationary(key, dynamic, x0, n_particles: int, burn_in: int, n_sample
     thin = _checks.positive_int("thin", thin)
     if isinstance(burn_in, bool) or not isinstance(burn_in, (int, np.integer)) or burn_in < 0:
         raise ValueError(f"burn_in must be an integer >= 0 (steps), got {burn_in!r}")
+    if burn_in + n_samples * thin > MAX_STEPS:  # ticks count in int32, and streams below 2^31
+        raise ValueError(f"burn_in + n_samples * thin must be at most 2^30 - 1 steps, got "
+                         f"{burn_in + n_samples * thin}")
     x0 = _start(dynamic, x0)
     rec = _samples(key, dynamic, jnp.asarray(x0), n_particles, int(burn_in), n_samples, thin)
     used = (int(rec.burn_in_steps), int(rec.thin_steps))

@@ -1,6 +1,7 @@
 r"""Counter-based random streams: one independent stream per particle.
 
-The noise that particle ``i`` sees at tick ``j`` is Threefry-2x32(key, (i, j)), a pure function of
+The noise that particle ``i`` sees at tick ``j`` is Threefry-2x32(key, (i, j * calls + c)) for the
+tick's calls c = 0 .. calls - 1 (a 64-bit counter, see ``threefry_words``), a pure function of
 the key, the particle's global index and the tick. So results are bit-identical however the
 ensemble is chunked, sharded over devices, or packed, and no key is ever split per step.
 Each Threefry call yields 64 bits; ``NoiseSpec`` says how a dynamic's step consumes them:
@@ -68,9 +69,15 @@ def key_words(key) -> tuple[jax.Array, jax.Array]:
     return data[0], data[1]
 
 
-def threefry_words(key, particle_ids, first_counter, n_calls: int) -> jax.Array:
-    """uint32 words of shape (2 * n_calls, N): Threefry of (particle id, first_counter + c);
-    ``first_counter`` is one value or one per particle.
+def threefry_words(key, particle_ids, tick, n_calls: int) -> jax.Array:
+    """uint32 words of shape (2 * n_calls, N): Threefry of (particle id, counter), the counter
+    of call c of tick ``tick`` being tick * n_calls + c; ``tick`` is one value or one per
+    particle, below 2^31.
+
+    The counter has 64 bits: its low word is Threefry's second input, and its high word, which
+    is 0 until a run has drawn 2^32 calls per particle (only possible with more than 4 calls a
+    tick, e.g. Gaussian increments in 9 or more dimensions), is XORed into the key's second
+    word, so a long run never meets its own noise again and a shorter one is unchanged.
 
     Word-major layout: each word is one contiguous row over the particles, which keeps the
     per-step slices contiguous and the step's arithmetic vectorised.
@@ -78,10 +85,29 @@ def threefry_words(key, particle_ids, first_counter, n_calls: int) -> jax.Array:
     k0, k1 = key_words(key)
     n = particle_ids.shape[0]
     hi = jnp.broadcast_to(particle_ids.astype(jnp.uint32)[None, :], (n_calls, n))
-    first = jnp.broadcast_to(jnp.asarray(first_counter, jnp.uint32), (n,))  # one per particle
-    lo = first[None, :] + jnp.arange(n_calls, dtype=jnp.uint32)[:, None]
-    a, b = threefry2x32(k0, k1, hi, lo)
+    tick = jnp.broadcast_to(jnp.asarray(tick, jnp.uint32), (n,))[None, :]  # one per particle
+    calls = jnp.arange(n_calls, dtype=jnp.uint32)[:, None]
+    if n_calls <= 4:  # tick < 2^30 (MAX_STEPS) times at most 4 calls stays below 2^32
+        a, b = threefry2x32(k0, k1, hi, tick * np.uint32(n_calls) + calls)
+    else:
+        low, high = _counter64(tick, n_calls, calls)
+        a, b = threefry2x32(k0, k1 ^ high, hi, low)
     return jnp.concatenate([a, b], axis=0)
+
+
+def _counter64(tick, n_calls: int, c):
+    """(low, high) uint32 words of tick * n_calls + c, exact for tick < 2^31, n_calls < 2^16
+    and c < n_calls: the product in 16-bit limbs, then the carries."""
+    if n_calls >= 2**16:
+        raise ValueError(f"a step may draw at most 2^22 random bits (2^16 Threefry calls), "
+                         f"got {n_calls} calls")
+    lo16, hi16 = tick & np.uint32(0xFFFF), tick >> np.uint32(16)
+    p0 = lo16 * np.uint32(n_calls)  # < 2^32
+    p1 = hi16 * np.uint32(n_calls)  # < 2^31: tick * n_calls = p1 * 2^16 + p0
+    low = (p1 << np.uint32(16)) + p0
+    high = (p1 >> np.uint32(16)) + (low < p0).astype(jnp.uint32)
+    total = low + c
+    return total, high + (total < low).astype(jnp.uint32)
 
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))

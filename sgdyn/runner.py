@@ -234,6 +234,8 @@ def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction
     ``min_bucket`` None: ``default_min_bucket``; ``first_tier=False`` starts on the full
     array (a caller about to run the same shape many times: one compilation serves them)."""
     check_options(n_slots, min_bucket)
+    # NaN, 0 or a negative bound would mark every particle diverged at its first step
+    _checks.positive("divergence_bound", divergence_bound)
     dtype = jnp.zeros(()).dtype
     x0 = np.asarray(x0, dtype)
     # the step count is computed once, here, and handed to the kernel as an integer

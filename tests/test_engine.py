@@ -15,7 +15,7 @@ import pytest
 from scipy import stats
 
 import sgdyn as sg
-from sgdyn import rng
+from sgdyn import rng, sharding
 from sgdyn.build import make_dynamic
 from sgdyn import theory as th
 
@@ -233,6 +233,25 @@ def test_three_point_increments_have_gaussian_moments():
     for a in range(4):
         for b in range(a):
             assert abs(np.mean(xs[a] * xs[b])) < z / math.sqrt(n)
+
+
+@pytest.mark.parametrize("calls", [5, 50, 64, 512])  # 9-D Gaussian ... SGD with batch 1024
+def test_a_long_run_never_meets_its_own_noise_again(calls):
+    """A step of `calls` Threefry calls numbers them tick * calls + c: past 2^32 calls per
+    particle a 32-bit counter wrapped, and tick 5 + 2^32 / calls replayed tick 5's words (all
+    of them for 64 calls; 85.9e6 steps into a 100-D Gaussian run). The counter's high word now
+    goes into the key: no word of the later tick is any of the earlier ticks' words."""
+    key, ids = jax.random.key(0), jnp.arange(256, dtype=jnp.uint32)
+    later = 5 + 2**32 // calls
+    words = {t: np.asarray(rng.threefry_words(key, ids, t, calls)) for t in (4, 5, later)}
+    seen = set(words[4].ravel()) | set(words[5].ravel())
+    assert np.mean([w in seen for w in words[later].ravel()]) < 1e-3
+    # and below the wrap, the counter's low word is the counter itself, as it always was
+    k0, k1 = rng.key_words(key)
+    lo = jnp.uint32(7 * calls) + jnp.arange(calls, dtype=jnp.uint32)[:, None]
+    a, b = rng.threefry2x32(k0, k1, jnp.broadcast_to(ids, (calls, 256)), lo + 0 * ids)
+    np.testing.assert_array_equal(rng.threefry_words(key, ids, 7, calls),
+                                  np.concatenate([a, b]))
 
 
 # ---------------------------------------------------------------- real SGD
@@ -839,6 +858,15 @@ def test_divergent_samples_are_flagged_and_nan_from_then_on(increments):
         (lambda: sg.Threshold(1.0, dim=2, axis=3), "axis"),
         (lambda: make_dynamic("sgd", sg.Quadratic.make(1.0), lr=0.1, batch_size=1,
                               increments="three_point"), "increments"),
+        # every entry point, the sharded ones too (NaN marked every particle diverged)
+        (lambda: sharding.measure_exit_times_sharded(
+            jax.random.key(0), sg.EulerMaruyama.make(OU), sg.Interval.make(-1, 1), [0.0], 10,
+            1.0, divergence_bound=np.nan), "divergence_bound"),
+        (lambda: sharding.simulate_exits_sharded(
+            jax.random.key(0), sg.EulerMaruyama.make(OU), sg.Interval.make(-1, 1), [0.0], 10,
+            1.0, divergence_bound=0.0), "divergence_bound"),
+        (lambda: sg.sample_stationary(jax.random.key(0), sg.EulerMaruyama.make(OU), [0.0], 10,
+                                      2**29, 2**10, 2**20), "burn_in"),
     ],
 )
 def test_bad_arguments_raise_before_compiling(call, name):
