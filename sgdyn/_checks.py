@@ -73,14 +73,6 @@ def choice(name: str, value: Any, options: Iterable[str]) -> str:
     return value
 
 
-def not_above(name: str, value: float, limit_name: str, limit: float) -> None:
-    """``value <= limit`` with a message naming both, e.g. dt <= lr.
-
-    A relative slack of 1e-6 lets dt = lr pass when lr was stored in float32."""
-    if float(value) > float(limit) * (1 + 1e-6):
-        raise ValueError(f"{name} must be <= {limit_name} ({limit}), got {value}")
-
-
 def is_concrete(value: Any) -> bool:
     """True unless ``value`` is a JAX tracer (then checks are left to the caller's caller)."""
     try:

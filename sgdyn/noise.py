@@ -11,7 +11,8 @@ A noise model returns a factor S(w) with C(w) = S S' as a scalar (C = S^2 I), a 
 
 M is the identity unless ``shape`` is given (a fixed positive-definite matrix's Cholesky
 factor). In PLDLoss the excess loss is clipped at 0 so C stays >= sigma_g where the loss dips
-below L(a) beyond a saddle; in the quadratic basin the two PLD forms agree.
+below L(a) beyond a saddle; in an isotropic quadratic basin the two PLD forms agree (with
+anisotropic curvatures h_a is their mean, so they differ off the axes of mean curvature).
 """
 
 from __future__ import annotations

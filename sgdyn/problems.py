@@ -65,6 +65,10 @@ class SyntheticPLD(FiniteSum):
 
     @staticmethod
     def make(base, sigma_g, sigma_h, n: int, seed: int = 0) -> "SyntheticPLD":
+        for name, value in (("sigma_g", sigma_g), ("sigma_h", sigma_h)):
+            if np.ndim(value):  # a vector sigma_g gave V diag(sigma_g) V', V the data's basis
+                raise ValueError(f"{name} must be one number (C = sigma_g I + sigma_H dx dx'), "
+                                 f"got shape {np.shape(value)}")
         _checks.positive("sigma_g", sigma_g)
         _checks.nonnegative("sigma_h", sigma_h)
         n = _checks.positive_int("n", n)

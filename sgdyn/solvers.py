@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _checks
 from ._pytree import pytree_dataclass, static_field
@@ -38,7 +39,11 @@ class EulerMaruyama:
             dt = sde.lr
         _checks.positive("dt", dt)
         if _checks.is_concrete(dt) and _checks.is_concrete(sde.lr):
-            _checks.not_above("dt", float(dt), "lr", float(sde.lr))
+            # elementwise: a stacked ensemble has one lr (and maybe one dt) per member
+            over = np.asarray(dt, float) > np.asarray(sde.lr, float) * (1 + 1e-6)
+            if np.any(over):
+                raise ValueError(f"dt must be <= lr ({np.asarray(sde.lr).tolist()}), got "
+                                 f"{np.asarray(dt).tolist()}")
         return EulerMaruyama(sde, jnp.asarray(dt, float), increments)
 
     @property

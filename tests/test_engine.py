@@ -294,6 +294,35 @@ def test_without_replacement_batches_have_distinct_examples():
     assert all(sorted(row) == list(range(12)) for row in batches)
 
 
+def test_without_replacement_batches_are_uniform_subsets():
+    """b = 3 of n = 7: each of the 35 subsets is equally likely (b = n, above, cannot tell a
+    uniform sampler from any permutation). Chi-square over 35 cells on 70,000 batches: the
+    test's 1e-4 level keeps a false failure rarer than 1 in 1000."""
+    problem = sg.SyntheticPLD.make(sg.Quadratic.make(1.0), 1.0, 1.0, 7, seed=0)
+    sgd = sg.MinibatchSGD.make(problem, lr=0.1, batch_size=3, replace=False)
+    words = jax.random.bits(jax.random.key(1), (70_000, 3), jnp.uint32)
+    batches = np.sort(np.asarray(jax.vmap(sgd.batch)(words)), axis=1)
+    assert np.all(np.diff(batches, axis=1) > 0) and batches.min() >= 0 and batches.max() < 7
+    _, counts = np.unique(batches, axis=0, return_counts=True)
+    assert counts.size == 35
+    assert stats.chisquare(counts).pvalue > 1e-4
+
+
+def test_problem_and_dt_arguments_that_would_build_the_wrong_dynamic_are_refused():
+    """A vector sigma_g gave SyntheticPLD the covariance V diag(sigma_g) V' (V its data's
+    basis), not the documented sigma_g I; a stacked lr failed on float() naming neither."""
+    for kw in ({"sigma_g": [1.0, 4.0]}, {"sigma_h": [1.0, 4.0]}):
+        args = {"sigma_g": 1.0, "sigma_h": 1.0, **kw}
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            sg.SyntheticPLD.make(sg.Quadratic.make(1.0, dim=2), args["sigma_g"], args["sigma_h"],
+                                 20)
+    sdes = [sg.SDE.make(sg.Quadratic.make(1.0), sg.Isotropic.make(1.0), lr, 1)
+            for lr in (0.1, 0.2)]
+    assert float(sg.EulerMaruyama.make(sg.stack(sdes), 0.05).dt) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="dt must be <= lr"):
+        sg.EulerMaruyama.make(sg.stack(sdes), 0.15)
+
+
 def test_sgd_escapes_like_its_gaussian_pld_chain_on_the_same_landscape():
     """Real SGD (b = 1) and Euler-Maruyama of its PLD model at dt = lr: same drift, same noise
     covariance sigma_g + sigma_H x^2; only the noise's shape differs (an empirical law of 200
