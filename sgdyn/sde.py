@@ -28,6 +28,12 @@ class SDE:
         _checks.positive("batch_size", batch_size)
         if hasattr(noise, "check_landscape"):  # noise models that read the minimum at make()
             noise.check_landscape(landscape)
+        chol = getattr(noise, "shape_chol", None)  # (..., d, d), a leading axis when stacked
+        if chol is not None and tuple(chol.shape[-2:]) != (landscape.dim,) * 2:
+            # else a JAX shape error deep in the first step, naming neither
+            raise ValueError(f"the noise's shape matrix must be {landscape.dim} x "
+                             f"{landscape.dim}, the landscape's dimension, got "
+                             f"{tuple(chol.shape[-2:])}")
         return SDE(landscape, noise, jnp.asarray(lr, float), jnp.asarray(batch_size, float))
 
     @property

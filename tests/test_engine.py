@@ -896,6 +896,8 @@ def test_divergent_samples_are_flagged_and_nan_from_then_on(increments):
             1.0, divergence_bound=0.0), "divergence_bound"),
         (lambda: sg.sample_stationary(jax.random.key(0), sg.EulerMaruyama.make(OU), [0.0], 10,
                                       2**29, 2**10, 2**20), "burn_in"),
+        (lambda: sg.SDE.make(sg.Quadratic.make(1.0, dim=2),
+                             sg.PLDLocal.make(1.0, 1.0, shape=np.eye(3)), 0.1, 1), "shape"),
     ],
 )
 def test_bad_arguments_raise_before_compiling(call, name):
