@@ -130,6 +130,30 @@ def test_weak_noise_exit_far_from_the_minimum_with_the_left_at_minus_infinity(di
     assert got == pytest.approx(exact, abs=1e-9), (got, exact)
 
 
+@pytest.mark.parametrize("kappa", [1.05, 1.5, 2.0, 3.0, 11.0])
+def test_heavy_tailed_pld_exit_time_against_its_student_t_inner_integral(kappa):
+    """PLD (local form) in a quadratic well: D(x) = lr (sigma_g + sigma_H x^2) / (2b), so
+    exp(-phi) / D is a Student-t density up to a constant (nu = 2 kappa + 1 with kappa =
+    b h / (lr sigma_H)): the inner integral over (-inf, y] is its CDF, and only the outer one
+    needs quad. The left tail at -inf decays only polynomially here (like |z|^-(2 kappa + 2))."""
+    h, lr, b, sg, r = 1.0, 0.1, 1, 1.0, 1.5
+    sh = b * h / (lr * kappa)
+    nu, s = 2 * kappa + 1, math.sqrt(sg / (sh * (2 * kappa + 1)))
+
+    def log_inner(y):  # log of exp(phi(y)) * int_{-inf}^y exp(-phi(z)) / D(z) dz, phi(0) = 0
+        c = sg ** -(kappa + 1) * s * math.sqrt(nu) * special.beta(0.5, nu / 2)
+        return (kappa * math.log(1 + sh * y * y / sg) + math.log(2 * b / lr * c)
+                + stats.t.logcdf(y / s, nu) + kappa * math.log(sg))
+
+    top = max(log_inner(y) for y in np.linspace(0, r, 101))
+    outer = integrate.quad(lambda y: math.exp(log_inner(y) - top), 0.0, r, epsabs=0,
+                           epsrel=1e-12, limit=200)[0]
+    exact = top + math.log(outer)
+    got = th.log_mean_exit_time(lambda x: -h * x, lambda x: lr * (sg + sh * x * x) / (2 * b),
+                                0.0, r)
+    assert got == pytest.approx(exact, abs=1e-9), (got, exact)
+
+
 @pytest.mark.parametrize("kappa", [1.5, 2.0, 3.0])
 def test_heavy_tailed_pld_exit_time_is_finite_and_positive(kappa):
     h, lr, b = 1.0, 0.1, 1
