@@ -180,6 +180,50 @@ def diffrax_ensemble_solver(problem, n_particles, dt, t_max, *, exits=True):
     return run
 
 
+def diffrax_ensemble_sweep_solver(problems, n_particles, dt, t_max):
+    """``diffrax_ensemble_solver`` for a sweep: one compiled solve whose parameters (h,
+    sigma_g, sigma_h, exit point, t1) are traced, called once per problem (the problems
+    differ only in their parameters). Returns f(key) -> [(time, escaped), ...]."""
+    diffrax, lineax = _diffrax()
+    base, n = problems[0], n_particles
+    dtype = _dtype()
+    t1s = [math.ceil(t / dt - 1e-9) * dt for t in t_max]
+    n_steps = int(round(max(t1s) / dt))
+    flat = jax.ShapeDtypeStruct((n,), dtype)
+
+    @jax.jit
+    def run(key, h, s_g, s_h, r, t1):
+        p = _Traced(base, h, s_g, s_h)
+
+        def inside(y):
+            return (y[0] < r).astype(dtype)
+
+        def drift(t, y, args):
+            a = inside(y)
+            return p.drift(y[0], jnp) * a, a
+
+        def diffusion(t, y, args):
+            g = p.noise(y[0], jnp) * inside(y)
+            return lineax.FunctionLinearOperator(lambda dw: (g * dw, jnp.zeros(n, dtype)), flat)
+
+        bm = diffrax.UnsafeBrownianPath(shape=(n,), key=key)
+        terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, bm))
+        ev = diffrax.Event(lambda t, y, args, **kw: jnp.all(y[0] >= r))
+        sol = diffrax.diffeqsolve(terms, diffrax.Euler(), 0.0, t1, dt0=dt,
+                                  y0=(jnp.zeros(n, dtype), jnp.zeros(n, dtype)),
+                                  saveat=diffrax.SaveAt(t1=True), max_steps=n_steps + 2,
+                                  event=ev, adjoint=diffrax.ForwardMode())
+        x, tau = sol.ys[0][-1], sol.ys[1][-1]
+        escaped = x >= r
+        return jnp.where(escaped, tau, t1), escaped
+
+    def solve_all(key):
+        return [jax.device_get(run(key, p.h, p.sigma_g, p.sigma_h, p.exit_point, t1))
+                for p, t1 in zip(problems, t1s)]
+
+    return solve_all
+
+
 def diffrax_sweep_vmap_solver(problems, n_particles, dt, t_max):
     """The vmapped ensemble (UnsafeBrownianPath) vmapped again over the sweep's problems:
     one compiled call for the whole sweep (the problems differ only in their parameters)."""

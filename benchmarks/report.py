@@ -76,13 +76,22 @@ def summarize(res):
                 statistics.median(ratios))
     if "sweep" in res:
         rows = res["sweep"]["rows"]
-        ours = [r["seconds"] for r in rows if r["tool"].startswith("sgdyn") and r["accurate"]]
+        # each sgdyn variant's own ratios, and the fastest one's (named) as c_speedup_vs_*
+        ours = {r["tool"]: r["seconds"] for r in rows
+                if r["tool"].startswith("sgdyn") and r["accurate"]}
+        best = min(ours, key=ours.get) if ours else None
+        if best:
+            s["c_fastest_sgdyn"] = best
         for r in rows:
             tool = r["tool"].split(" ")[0]
             if tool == "sgdyn":
                 continue
-            if ours and r["accurate"]:
-                s[f"c_speedup_vs_{tool}"] = r["seconds"] / min(ours)
+            if best and r["accurate"]:
+                s[f"c_speedup_vs_{tool}"] = r["seconds"] / ours[best]
+                for name, seconds in ours.items():
+                    variant = ("vectorized" if "vectorized" in name else
+                               "three_point" if "three_point" in name else "gaussian")
+                    s[f"c_{variant}_speedup_vs_{tool}"] = r["seconds"] / seconds
             else:
                 s[f"c_speedup_vs_{tool}"] = f"not counted (an estimate missed {tol})"
         s["c_all_accurate"] = all(r["accurate"] for r in rows)

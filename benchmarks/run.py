@@ -156,11 +156,9 @@ def run_throughput(cfg):
             log(rows[-1])
         steps = cfg["alt_steps"][p.name]
         n = cfg["alt_n"]["numpy"][p.name]
-        alt.numpy_steps(p, min(n, 1000), 2, dt)
-        t0 = time.perf_counter()
-        alt.numpy_steps(p, n, steps, dt)
+        _, t = alt.timed(alt.numpy_steps, p, n, steps, dt, repeats=alt.REPEATS)
         rows.append(dict(problem=p.name, tool="numpy", n=n, steps=steps,
-                         particle_steps_per_s=n * steps / (time.perf_counter() - t0)))
+                         particle_steps_per_s=n * steps / t))
         log(rows[-1])
         for tool, make in (
             ("diffrax_vmap_virtual", lambda n: alt.diffrax_vmap_solver(
@@ -275,8 +273,10 @@ def run_sweep(cfg):
         return [_estimate(t[i], esc[i], dt) for i in range(len(probs))]  # (problem, particle)
 
     def dfx_ens():
-        return [_estimate(*jax.device_get(alt.diffrax_ensemble_solver(p, n, dt, t)(key)), dt)
-                for p, t in zip(probs, t_alt)]
+        # one compiled solve, its parameters traced, like sgdyn's sweep (a solver built per
+        # value compiled 8 times)
+        return [_estimate(t, esc, dt) for t, esc in
+                alt.diffrax_ensemble_sweep_solver(probs, n, dt, t_alt)(key)]
 
     rows = []
     t_all = [20 * e for e in exacts]  # sgdyn runs every particle to its exit
