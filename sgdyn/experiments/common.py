@@ -210,9 +210,9 @@ def key_for(seed: int, *indices):
 # -------------------------------------------------------------------------------- plotting
 
 COLORS = {"sgd": "tab:red", "pld": "tab:blue", "pld_loss": "tab:blue", "pld_local": "tab:purple",
-          "langevin": "tab:green", "hessian": "tab:orange"}
+          "langevin": "tab:green", "hessian": "tab:orange", "sgd_chain": "tab:brown"}
 MARKERS = {"sgd": "o", "pld": "s", "pld_loss": "s", "pld_local": "D", "langevin": "^",
-           "hessian": "v"}
+           "hessian": "v", "sgd_chain": "x"}
 
 
 def points(ax, x, ests, label, color, marker="o", scale=1.0, positive=True, **kw):

@@ -10,7 +10,11 @@ lambda^4, Delta L is fixed. At each h the four dynamics run side by side:
   ``pld_parameters``;
 - ``langevin``: constant isotropic noise sigma2 (the same at every h);
 - ``hessian``: C = sigma2_H H(a) with sigma2_H = sigma_g(h_ref) / h_ref, i.e. SGD's noise at the
-  minimum with the state dependence removed.
+  minimum with the state dependence removed;
+- ``sgd_chain``: a control for ``sgd``: SGD's own SDE (local form, the estimated sigma_g,
+  sigma_H) stepped like SGD, dt = lr with no boundary correction, but with Gaussian noise. Where
+  it meets the exact time and SGD does not, the gap is SGD's non-Gaussian per-example noise
+  (the finite sum's draw of examples), not the step.
 
 The SDEs are integrated with dt = lr / substeps and the Gobet boundary correction, so they
 estimate the continuous dynamic's escape time; exit = first time past the saddle plus
@@ -29,7 +33,7 @@ import numpy as np
 from .. import theory as th
 from ..landscapes import KramersWell, Reparametrized
 from ..measure import measure_exit_times
-from ..noise import HessianNoise, Isotropic, PLDLoss
+from ..noise import HessianNoise, Isotropic, PLDLocal, PLDLoss
 from ..problems import SyntheticPLD, pld_parameters
 from ..regions import Threshold
 from ..sde import SDE
@@ -37,9 +41,10 @@ from ..sgd import MinibatchSGD
 from ..solvers import EulerMaruyama
 from . import common
 
-DYNAMICS = ("sgd", "pld", "langevin", "hessian")
+# sgd_chain last: each series' random stream is its index here (common.key_for)
+DYNAMICS = ("sgd", "pld", "langevin", "hessian", "sgd_chain")
 THEORY_NOISE = {"sgd": "pld_local", "pld": "pld_loss", "langevin": "langevin",
-                "hessian": "hessian"}
+                "hessian": "hessian", "sgd_chain": "pld_local"}
 
 FULL = dict(h_values=(0.7, 0.9, 1.2, 1.6, 2.1, 2.9, 4.0), h_ref=1.0, barrier=0.25, lr=0.1,
             batch_size=1, sigma_g=1.0, sigma_h=1.0, sigma2=1.0, n_examples=1000, data_seed=0,
@@ -78,8 +83,11 @@ def n_stages(cfg):
     return len(cfg["h_values"]) + 1
 
 
+CHAINS = ("sgd", "sgd_chain")  # dt = lr, no boundary correction, no asymptotic formula
+
+
 def noise_params(dyn, cfg, h, sg, sh):
-    if dyn in ("sgd", "pld"):
+    if dyn in ("sgd", "pld", "sgd_chain"):
         return {"sigma_g": sg, "sigma_h": sh}
     if dyn == "langevin":
         return {"sigma2": cfg["sigma2"]}
@@ -137,6 +145,8 @@ def run(cfg, progress) -> dict:
                 SDE.make(land, Isotropic.make(cfg["sigma2"]), lr, b), dt_sde),
             "hessian": lambda: EulerMaruyama.make(
                 SDE.make(land, HessianNoise.make(land, cfg["sigma_g"] / h_ref), lr, b), dt_sde),
+            "sgd_chain": lambda: EulerMaruyama.make(
+                SDE.make(land, PLDLocal.make(sg, sh), lr, b)),  # dt = lr, like SGD
         }
         for j, dyn in enumerate(DYNAMICS):
             dynamic = models[dyn]()
@@ -148,7 +158,7 @@ def run(cfg, progress) -> dict:
             t_max = min(cfg["t_max_factor"] * exact, cfg["max_steps"] * dt)
             res = measure_exit_times(common.key_for(cfg["seed"], i, j), dynamic,
                                      Threshold(x_exit), np.zeros(1), cfg["particles"], t_max,
-                                     correction=None if dyn == "sgd" else "gobet",
+                                     correction=None if dyn in CHAINS else "gobet",
                                      min_bucket=cfg["min_bucket"])
             sim[dyn].append(common.estimate_dict(res, h=h, dt=dt, exact=exact, exit_point=x_exit))
         progress.step(f"h={h:g}: " + ", ".join(f"{d} {sim[d][-1]['mean']:.3g}" for d in DYNAMICS))
@@ -159,7 +169,7 @@ def run(cfg, progress) -> dict:
     curves = {"h": hs, "exact": {}, "asymptotic": {}, "asymptotic_in_range": {}}
     for dyn in DYNAMICS:
         curves["exact"][dyn] = [exact_time(dyn, cfg, h, *scaled_noise(cfg, h)) for h in hs]
-        if dyn != "sgd":
+        if dyn not in CHAINS:
             asym = [asymptotic_time(dyn, cfg, h, *scaled_noise(cfg, h)) for h in hs]
             curves["asymptotic"][dyn] = [a[0] for a in asym]
             curves["asymptotic_in_range"][dyn] = [bool(a[1]) for a in asym]
@@ -187,7 +197,8 @@ def run(cfg, progress) -> dict:
 
 
 LABELS = {"sgd": "SGD (real minibatch, dt = lr)", "pld": "PLD, loss form (sim.)",
-          "langevin": "Langevin, C = sigma2 (sim.)", "hessian": "Hessian noise C = s2 H(a) (sim.)"}
+          "langevin": "Langevin, C = sigma2 (sim.)", "hessian": "Hessian noise C = s2 H(a) (sim.)",
+          "sgd_chain": "SGD's SDE, Gaussian, dt = lr (control)"}
 EXACT_LABELS = {"sgd": "exact MFPT, local-form PLD (SGD's SDE)", "pld": "exact MFPT, PLD",
                 "langevin": "exact MFPT, Langevin", "hessian": "exact MFPT, Hessian"}
 
@@ -201,6 +212,13 @@ def plot(payload):
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [3, 2]})
     for dyn in payload["dynamics"]:
         c = common.COLORS[dyn]
+        if dyn == "sgd_chain":  # a control: its exact time is SGD's; shown against it only
+            pts = payload["points"][dyn]
+            common.points(ax2, [1 / p["h"] for p in pts],
+                          [{"mean": p["mean"] / p["exact"],
+                            "ci95": [v / p["exact"] for v in p["ci95"]]} for p in pts],
+                          LABELS[dyn], c, common.MARKERS[dyn])
+            continue
         ax.plot(inv, th_["exact"][dyn], "-", color=c, lw=1.2, alpha=0.8,
                 label=EXACT_LABELS[dyn] + " (exact)")
         if dyn in th_["asymptotic"]:
