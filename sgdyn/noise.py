@@ -66,6 +66,7 @@ class HessianNoise:
     @staticmethod
     def make(landscape, sigma2) -> "HessianNoise":
         _checks.positive("sigma2", sigma2)
+        _one_landscape("HessianNoise", landscape)
         eig, chol = _hessian_at_minimum(landscape)
         if not np.all(np.asarray(eig) > 0):
             raise ValueError(f"HessianNoise needs a positive-definite Hessian at the minimum, "
@@ -111,6 +112,15 @@ def _basin(landscape):
     return landscape.loss(landscape.minimum), landscape.curvature_at_minimum()
 
 
+def _one_landscape(name, landscape) -> None:
+    """A ValueError for a stacked landscape (``sgdyn.stack``): its minimum has a member axis,
+    and the reference values would mix the members (once read as a non-positive curvature)."""
+    if np.ndim(landscape.minimum) > 1:
+        raise ValueError(f"{name}.make takes one landscape, got a stack of "
+                         f"{np.shape(landscape.minimum)[0]}: make one noise per member and "
+                         f"stack them, sgdyn.stack([{name}.make(m, ...) for m in members])")
+
+
 def _per_member(reference, landscape, stacked_axes: int):
     """``reference(landscape)``, for each member of a stack (``sgdyn.stack``) if the noise's
     leaves carry a stacking axis; None where the landscape is not stacked alike (unchecked)."""
@@ -153,6 +163,7 @@ class PLDLoss:
         """h_a is the landscape's ``curvature_at_minimum()`` (mean Hessian eigenvalue in d-D)."""
         _checks.positive("sigma_g", sigma_g)
         _checks.nonnegative("sigma_h", sigma_h)
+        _one_landscape("PLDLoss", landscape)
         loss_ref, h_ref = _basin(landscape)
         if not np.all(np.asarray(h_ref) > 0):
             raise ValueError(f"PLDLoss needs a positive curvature h_a at the landscape's minimum "

@@ -898,6 +898,13 @@ def test_divergent_samples_are_flagged_and_nan_from_then_on(increments):
                                       2**29, 2**10, 2**20), "burn_in"),
         (lambda: sg.SDE.make(sg.Quadratic.make(1.0, dim=2),
                              sg.PLDLocal.make(1.0, 1.0, shape=np.eye(3)), 0.1, 1), "shape"),
+        # a stack of landscapes: once "needs a positive curvature, got [[3.0], [0.0]]"
+        (lambda: sg.PLDLoss.make(sg.stack([sg.Quadratic.make(1.0),
+                                           sg.Quadratic.make(2.0, center=0.5)]), 1.0, 1.0),
+         "one noise per member"),
+        (lambda: sg.HessianNoise.make(sg.stack([sg.Quadratic.make(1.0),
+                                                sg.Quadratic.make(2.0, center=0.5)]), 1.0),
+         "one noise per member"),
     ],
 )
 def test_bad_arguments_raise_before_compiling(call, name):
