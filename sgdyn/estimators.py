@@ -106,6 +106,15 @@ def _records(time, escaped, *others):
     return (time, *masks)
 
 
+def _times(time, keep, whose: str):
+    """``time[keep]``, or a ValueError naming any that is negative, NaN or infinite."""
+    t = time[keep]
+    bad = ~(np.isfinite(t) & (t >= 0))
+    if bad.any():
+        raise ValueError(f"time must be finite and >= 0 for {whose}, got {t[bad][:5].tolist()}")
+    return t
+
+
 def _window(start, end) -> tuple[float, float]:
     start, end = float(start), float(end)
     if not (math.isfinite(start) and math.isfinite(end) and start < end):
@@ -210,21 +219,16 @@ def exit_time_estimate(time, escaped, censored=None, diverged=None, confidence=0
     censored = (~escaped & ~diverged) if censored is None else censored
     if np.any(escaped & censored) or np.any(diverged & (escaped | censored)):
         raise ValueError("escaped, censored and diverged must not overlap: a particle is one")
-    timed = time[escaped | censored]  # a diverged particle's time takes no part
-    if not np.all(np.isfinite(timed) & (timed >= 0)):
-        raise ValueError(f"time must be finite and >= 0 for escaped and censored particles, got "
-                         f"{timed[~(np.isfinite(timed) & (timed >= 0))][:5].tolist()}")
-    if censored.any() and np.any(time[escaped] > time[censored].max()):
-        raise ValueError(f"an escaped time exceeds the censoring time t_max = "
-                         f"{time[censored].max():.6g}: censored particles must be censored at "
-                         f"t_max, after every escape")
-    k, m, nd = int(escaped.sum()), int(censored.sum()), int(diverged.sum())
-    naive = float(time[escaped].mean()) if k else math.nan
-    t_max = float(time[censored].max()) if m else math.nan  # the censoring time
-    alpha = 1 - confidence
-
     use = escaped | censored  # diverged particles take no part
-    t, esc, cens = time[use], escaped[use], censored[use]
+    t = _times(time, use, "escaped and censored particles")
+    esc, cens = escaped[use], censored[use]
+    k, m, nd = int(escaped.sum()), int(censored.sum()), int(diverged.sum())
+    t_max = float(t[cens].max()) if m else math.nan  # the censoring time
+    if m and np.any(t[esc] > t_max):
+        raise ValueError(f"an escaped time exceeds the censoring time t_max = {t_max:.6g}: "
+                         f"censored particles must be censored at t_max, after every escape")
+    naive = float(t[esc].mean()) if k else math.nan
+    alpha = 1 - confidence
 
     def result(mean, ci, method, fitted_from=None):
         """The estimate, flagged where a censored one rests on an exponential tail it cannot
@@ -321,9 +325,7 @@ def kaplan_meier(time, escaped, diverged=None):
     """Kaplan-Meier survival curve: (event times, S(t) just after each), censoring-aware."""
     time, escaped, diverged = _records(time, escaped, ("diverged", diverged))
     keep = np.ones_like(escaped) if diverged is None else ~diverged
-    time, escaped = time[keep], escaped[keep]
-    if not np.all(np.isfinite(time) & (time >= 0)):
-        raise ValueError("time must be finite and >= 0 for particles that did not diverge")
+    time, escaped = _times(time, keep, "particles that did not diverge"), escaped[keep]
     order = np.argsort(time, kind="stable")
     time, escaped = time[order], escaped[order]
     uniq, first = np.unique(time, return_index=True)

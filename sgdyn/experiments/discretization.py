@@ -27,6 +27,7 @@ import numpy as np
 from scipy import integrate, optimize, stats
 
 from .. import theory as th
+from ..ensemble import MAX_STEPS
 from ..landscapes import KramersWell, Quadratic
 from ..measure import measure_exit_times
 from ..noise import Isotropic, PLDLocal
@@ -104,7 +105,7 @@ def run(cfg, progress) -> dict:
     # the finest runs take t_max / (lr / substeps) steps, which the engine caps at 2^30
     finest = min(cfg["lrs"]) / cfg["substeps"]
     for fam, flags in (("pld", "--noise-g, --noise-h"), ("langevin", "--noise-langevin")):
-        if cfg["t_max_factor"] * exact[fam] / finest >= 2**30:
+        if cfg["t_max_factor"] * exact[fam] / finest >= MAX_STEPS + 1:
             raise ValueError(f"the exact {fam} mean exit time {exact[fam]:.3g} needs "
                              f"{cfg['t_max_factor'] * exact[fam] / finest:.3g} steps at dt = "
                              f"{finest:.3g}, more than the engine's 2^30: raise {flags}, or "
