@@ -141,12 +141,15 @@ def kesten_index(multipliers, weights=None):
     return float(optimize.brentq(f, 1e-6, hi, xtol=1e-10))
 
 
+EXACT_BATCHES = 4_000_000  # up to this many batches, the SGD chain's Kesten index is exact
+
+
 def sgd_chain_kesten(problem, lr, h, b, seed, draws=400000):
     """Kesten index of SGD's chain: A = 1 - lr (h + delta_B), delta_B a batch mean of delta_i
-    (b indices drawn with replacement): exact over all n^b batches up to 4e6 of them, else a
-    Monte Carlo over ``draws`` batches."""
+    (b indices drawn with replacement): exact over all n^b batches up to ``EXACT_BATCHES`` of
+    them, else a Monte Carlo over ``draws`` batches."""
     delta = np.asarray(problem.delta, float)
-    if delta.size ** b <= 4_000_000:
+    if delta.size ** b <= EXACT_BATCHES:
         sums = np.zeros(1)
         for _ in range(b):  # every ordered batch, each equally likely
             sums = np.add.outer(sums, delta).ravel()
@@ -350,7 +353,8 @@ def plot(payload):
         a3.plot(x, [p["kesten_sgd_chain"] for p in sel], ":", color=common.COLORS["sgd"],
                 marker=mk.get(b, "D"), ms=3, lw=1,
                 label=f"Kesten index of the SGD chain, b={b} "
-                      + ("(exact root)" if b == 1 else "(root over random batches)"))
+                      + ("(exact root)" if cfg["n_examples"] ** b <= EXACT_BATCHES
+                         else "(root over random batches)"))
         a3.plot(x, [p["hill_on_iid_student_t"] for p in sel], "--", color="gray", lw=1,
                 label="Hill on i.i.d. Student-t(ν) draws (estimator bias)" if b == bs[0]
                 else None)
