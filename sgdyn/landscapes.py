@@ -4,6 +4,8 @@ A landscape is a frozen pytree dataclass with ``loss(x)``, ``grad(x)`` (``jax.gr
 unless a closed form is cheaper), ``minimum`` (the basin the dynamics start in) and the static
 ``dim``. Its numeric fields are pytree leaves, so a stack of landscapes (a sharpness sweep) can be
 vmapped in one compiled call. Adding a landscape means writing one such class; no solver changes.
+Its sums over coordinates use ``sgdyn.ordered`` (one fixed order of additions), so a particle's
+result does not depend on how many particles the engine steps beside it.
 x is in parameter units and L in loss units; the curvature h has units loss / parameter^2.
 """
 
@@ -15,6 +17,7 @@ import numpy as np
 
 from . import _checks
 from ._pytree import pytree_dataclass, static_field
+from .ordered import ordered_sum
 from .theory.wells import kramers_grad, kramers_loss
 
 
@@ -68,7 +71,7 @@ class Quadratic(Landscape):
         return Quadratic(h, jnp.broadcast_to(jnp.asarray(center, float), (dim,)), dim)
 
     def loss(self, x):
-        return 0.5 * jnp.sum(self.h * (x - self.center) ** 2)
+        return 0.5 * ordered_sum(self.h * (x - self.center) ** 2)
 
     def grad(self, x):
         return self.h * (x - self.center)
@@ -95,7 +98,7 @@ class KramersWell(Landscape):
         return KramersWell(*(jnp.asarray(v, float) for v in (h_min, h_saddle, barrier)))
 
     def loss(self, x):
-        return jnp.sum(kramers_loss(x, self.h_min, self.h_saddle, self.barrier, xp=jnp))
+        return ordered_sum(kramers_loss(x, self.h_min, self.h_saddle, self.barrier, xp=jnp))
 
     def grad(self, x):
         return kramers_grad(x, self.h_min, self.h_saddle, self.barrier, xp=jnp)
@@ -139,7 +142,7 @@ class DoubleWell(Landscape):
         return DoubleWell(jnp.asarray(scale, float), jnp.asarray(tilt, float))
 
     def loss(self, x):
-        return jnp.sum(self.scale * (x**2 - 1) ** 2 / 4 + self.tilt * x)
+        return ordered_sum(self.scale * (x**2 - 1) ** 2 / 4 + self.tilt * x)
 
     def grad(self, x):
         return self.scale * x * (x**2 - 1) + self.tilt
@@ -171,7 +174,7 @@ class StyblinskiTang(Landscape):
         return StyblinskiTang(jnp.asarray(scale, float), dim)
 
     def loss(self, x):
-        return self.scale * jnp.sum(x**4 - 16 * x**2 + 5 * x)
+        return self.scale * ordered_sum(x**4 - 16 * x**2 + 5 * x)
 
     def grad(self, x):
         return self.scale * (4 * x**3 - 32 * x + 5)

@@ -23,6 +23,7 @@ import numpy as np
 
 from . import _checks
 from ._pytree import pytree_dataclass
+from .ordered import ordered_dot
 
 
 def _shape_factor(shape):
@@ -100,7 +101,7 @@ class PLDLocal:
 
     def factor(self, landscape, x):
         dx = x - landscape.minimum
-        return _apply_shape(jnp.sqrt(self.sigma_g + self.sigma_h * (dx @ dx)), self.shape_chol)
+        return _apply_shape(jnp.sqrt(self.sigma_g + self.sigma_h * ordered_dot(dx, dx)), self.shape_chol)
 
 
 # Constructors evaluate the landscape at its minimum in one compiled call per landscape type:

@@ -14,6 +14,7 @@ import numpy as np
 from . import _checks
 from ._pytree import pytree_dataclass, static_field
 from .landscapes import Landscape
+from .ordered import ordered_dot, ordered_sum
 
 
 class FiniteSum(Landscape):
@@ -22,14 +23,15 @@ class FiniteSum(Landscape):
     n: int
 
     def batch_grad(self, x, idx):
-        return jax.grad(lambda w: jnp.mean(jax.vmap(lambda i: self.example_loss(w, i))(idx)))(x)
+        grads = jax.vmap(jax.grad(self.example_loss), in_axes=(None, 0))(x, idx)
+        return ordered_sum(grads, axis=0) / idx.shape[0]
 
     def example_grads(self, x):
         """All n per-example gradients at x, shape (n, d)."""
         return jax.vmap(lambda i: self.batch_grad(x, i[None]))(jnp.arange(self.n))
 
     def loss(self, x):
-        return jnp.mean(jax.vmap(lambda i: self.example_loss(x, i))(jnp.arange(self.n)))
+        return ordered_sum(jax.vmap(lambda i: self.example_loss(x, i))(jnp.arange(self.n))) / self.n
 
     def grad(self, x):
         return self.batch_grad(x, jnp.arange(self.n))
@@ -95,11 +97,13 @@ class SyntheticPLD(FiniteSum):
 
     def example_loss(self, x, i):
         dx = x - self.base.minimum
-        return self.base.loss(x) + self.eps[i] @ dx + 0.5 * self.delta[i] * (dx @ dx)
+        return self.base.loss(x) + ordered_dot(self.eps[i], dx) + 0.5 * self.delta[i] * ordered_dot(dx, dx)
 
     def batch_grad(self, x, idx):
         dx = x - self.base.minimum
-        return self.base.grad(x) + jnp.mean(self.eps[idx], axis=0) + jnp.mean(self.delta[idx]) * dx
+        b = idx.shape[0]
+        return (self.base.grad(x) + ordered_sum(self.eps[idx], axis=0) / b
+                + ordered_sum(self.delta[idx]) / b * dx)
 
     def loss(self, x):
         return self.base.loss(x)
@@ -132,11 +136,11 @@ class LeastSquares(FiniteSum):
         return self.X.shape[1]
 
     def example_loss(self, x, i):
-        return 0.5 * (self.X[i] @ x - self.y[i]) ** 2
+        return 0.5 * (ordered_dot(self.X[i], x) - self.y[i]) ** 2
 
     def batch_grad(self, x, idx):
         X = self.X[idx]
-        return X.T @ (X @ x - self.y[idx]) / idx.shape[0]
+        return ordered_sum(X * (ordered_dot(X, x) - self.y[idx])[:, None], axis=0) / idx.shape[0]
 
     @property
     def minimum(self):

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import _checks
 from ._pytree import pytree_dataclass
+from .ordered import ordered_dot, ordered_norm
 
 GOBET_BETA = 0.5825971579390106  # -zeta(1/2) / sqrt(2 pi)
 CORRECTIONS = (None, "gobet", "bridge")
@@ -68,7 +69,7 @@ class Halfspace:
     level: jax.Array
 
     def distance(self, x, xp=jnp):
-        return self.level - self.direction @ x
+        return self.level - ordered_dot(self.direction, x, xp=xp)
 
     def normal(self, x):
         return self.direction
@@ -99,11 +100,11 @@ class Ball:
         return Ball(jnp.atleast_1d(jnp.asarray(center, float)), jnp.asarray(radius, float))
 
     def distance(self, x, xp=jnp):
-        return self.radius - xp.linalg.norm(x - self.center)
+        return self.radius - ordered_norm(x - self.center, xp=xp)
 
     def normal(self, x):
         dx = x - self.center
-        r = jnp.linalg.norm(dx)
+        r = ordered_norm(dx)
         return jnp.where(r > 0, dx / jnp.where(r > 0, r, 1.0), jnp.zeros_like(dx).at[0].set(1.0))
 
 
