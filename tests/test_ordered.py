@@ -2,7 +2,6 @@
 engine's per-particle results do not depend on how many particles run beside them."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
