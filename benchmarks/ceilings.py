@@ -57,7 +57,7 @@ def counter_gaussians_per_second(n=100_000, steps=200, repeats=REPEATS):
     def run(key):
         def body(acc, c):
             words = rng.threefry_words(key, ids, c, 1)
-            return acc + rng.take(words, 0, spec)[0][:, 0] + rng.take(words, 1, spec)[0][:, 0], None
+            return acc + rng.take(words, 0, spec)[0][0] + rng.take(words, 1, spec)[0][0], None
 
         return jax.lax.scan(body, jnp.zeros(n), jnp.arange(steps // 2, dtype=jnp.uint32))[0]
 

@@ -18,16 +18,37 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 
+def pairwise(v, op, axis: int = -1, xp=jnp):
+    """v folded over ``axis`` (non-empty) with the binary elementwise ``op``: the first half
+    with the second until one entry is left, then the last entries that odd lengths left
+    over, in the order they were set aside.
+
+    Only slices and ``op``: a concatenate (or a moveaxis) would make vmap move the batch axis
+    to the front, a transposed copy of the whole batch in the engine's coordinate-major steps.
+    """
+    v = xp.asarray(v)
+    axis = axis % v.ndim
+
+    def cut(x, start, stop):
+        return x[(slice(None),) * axis + (slice(start, stop),)]
+
+    leftovers = []
+    while v.shape[axis] > 1:
+        n = v.shape[axis]
+        if n % 2:
+            leftovers.append(cut(v, n - 1, n))
+        v = op(cut(v, 0, n // 2), cut(v, n // 2, 2 * (n // 2)))
+    for last in leftovers:
+        v = op(v, last)
+    return v[(slice(None),) * axis + (0,)]
+
+
 def ordered_sum(v, axis: int = -1, xp=jnp):
     """sum_k v[..., k] over ``axis``, pairwise in a fixed order (round-off O(log n) ulp)."""
-    v = xp.moveaxis(xp.asarray(v), axis, -1)
-    if v.shape[-1] == 0:
-        return xp.zeros(v.shape[:-1], v.dtype)
-    while v.shape[-1] > 1:
-        n = v.shape[-1]
-        half = v[..., :n // 2] + v[..., n // 2:2 * (n // 2)]
-        v = xp.concatenate([half, v[..., n - 1:]], axis=-1) if n % 2 else half
-    return v[..., 0]
+    v = xp.asarray(v)
+    if v.shape[axis] == 0:
+        return xp.zeros(v.shape[:axis % v.ndim] + v.shape[axis % v.ndim + 1:], v.dtype)
+    return pairwise(v, lambda a, b: a + b, axis, xp)
 
 
 def ordered_dot(a, b, xp=jnp):

@@ -174,7 +174,8 @@ def _fields(words, bit, width: int, count: int):
 
 
 def take(words: jax.Array, substep, spec: NoiseSpec):
-    """The values of step ``substep`` within a tick, one (N, count) array per part of ``spec``.
+    """The values of step ``substep`` within a tick, one (count, N) array per part of ``spec``
+    (value-major, like the words: the engine vmaps a step over their second axis).
 
     ``words`` has shape (W, N), the output of ``threefry_words`` for one tick; ``substep``
     may be a traced integer (ticks with many steps run them in a loop, not unrolled).
@@ -184,8 +185,8 @@ def take(words: jax.Array, substep, spec: NoiseSpec):
     for (kind, count), offset in zip(spec.parts, offsets):
         bit = substep * step_bits + offset
         if BITS[kind] < 32:
-            out.append(_decode(kind, _fields(words, bit, BITS[kind], count)).T)
+            out.append(_decode(kind, _fields(words, bit, BITS[kind], count)))
         else:
             w = jax.lax.dynamic_slice_in_dim(words, bit // 32, count, axis=0)
-            out.append((w if kind == "word" else _decode(kind, w)).T)
+            out.append(w if kind == "word" else _decode(kind, w))
     return tuple(out)

@@ -227,7 +227,7 @@ def test_three_point_increments_have_gaussian_moments():
     # and successive steps uncorrelated (10 checks, each at 1 - 1e-4: 99.9% jointly)
     spec, n, z = rng.NoiseSpec((("three_point", 1),)), 400_000, stats.norm.ppf(1 - 0.5e-4)
     words = rng.threefry_words(jax.random.key(0), jnp.arange(n, dtype=jnp.uint32), 0, 1)
-    xs = np.stack([np.asarray(rng.take(words, s, spec)[0][:, 0]) for s in range(4)])
+    xs = np.stack([np.asarray(rng.take(words, s, spec)[0][0]) for s in range(4)])
     p0 = 1 - 2 * 10923 / 2**16
     assert np.all(np.abs((xs == 0).mean(axis=1) - p0) < z * math.sqrt(p0 * (1 - p0) / n))
     for a in range(4):
