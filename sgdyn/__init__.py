@@ -7,7 +7,7 @@ Flat public API. The pieces, each in its own module:
 - noise models (``Isotropic``, ``HessianNoise``, ``PLDLocal``, ``PLDLoss``) and the ``SDE``;
 - dynamics: ``EulerMaruyama`` (any SDE, Gaussian or weak increments) and ``MinibatchSGD``;
 - exit regions (``Threshold``, ``Halfspace``, ``Ball``, ``Interval``) with boundary corrections;
-- sums in one fixed order (``ordered_sum``, ``ordered_dot``, ``ordered_norm``), for every sum
+- sums in one fixed order (``ordered_sum``, ``ordered_dot``, ``ordered_matvec``, ``ordered_norm``), for every sum
   over a particle's coordinates, so no result depends on how many particles run beside it;
 - the engine (``simulate_exits``, ``simulate_samples``) and the one-call
   ``measure_exit_times`` / ``sweep_exit_times``;
@@ -26,7 +26,7 @@ from .landscapes import DoubleWell, KramersWell, Quadratic, Reparametrized, Styb
 from .measure import (ExitResult, measure_exit_times, sample_stationary, stack,
                       sweep_exit_times)
 from .noise import HessianNoise, Isotropic, PLDLocal, PLDLoss
-from .ordered import ordered_dot, ordered_norm, ordered_sum
+from .ordered import ordered_dot, ordered_matvec, ordered_norm, ordered_sum
 from .problems import (LeastSquares, SyntheticPLD, gradient_noise_covariance,
                        pld_parameters)
 from .regions import Ball, Halfspace, Interval, Threshold
@@ -42,7 +42,8 @@ __all__ = [
     "MinibatchSGD", "PLDLocal", "PLDLoss", "Quadratic", "Reparametrized", "SDE", "SampleRecord",
     "StyblinskiTang", "SyntheticPLD", "Threshold", "enable_compilation_cache",
     "constant_rate_test", "exit_time_estimate", "gradient_noise_covariance", "kaplan_meier",
-    "measure_exit_times", "ordered_dot", "ordered_norm", "ordered_sum",
+    "measure_exit_times", "ordered_dot", "ordered_matvec", "ordered_norm",
+    "ordered_sum",
     "pld_parameters", "sample_stationary", "simulate_exits", "simulate_samples", "stack",
     "sweep_exit_times", "theory",
 ]

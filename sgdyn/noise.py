@@ -101,7 +101,8 @@ class PLDLocal:
 
     def factor(self, landscape, x):
         dx = x - landscape.minimum
-        return _apply_shape(jnp.sqrt(self.sigma_g + self.sigma_h * ordered_dot(dx, dx)), self.shape_chol)
+        return _apply_shape(jnp.sqrt(self.sigma_g + self.sigma_h * ordered_dot(dx, dx)),
+                            self.shape_chol)
 
 
 # Constructors evaluate the landscape at its minimum in one compiled call per landscape type:

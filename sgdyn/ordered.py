@@ -52,8 +52,23 @@ def ordered_sum(v, axis: int = -1, xp=jnp):
 
 
 def ordered_dot(a, b, xp=jnp):
-    """a . b over the last axis (vectors, or a matrix times a vector: m @ v)."""
+    """a . b over the last axis, pairwise (for a stack of rows a, one dot per row)."""
     return ordered_sum(a * b, xp=xp)
+
+
+def ordered_matvec(m, v, xp=jnp):
+    """m @ v, summed term by term: m[:, 0] v[0] + m[:, 1] v[1] + ...
+
+    A chain of elementwise multiply-adds, which XLA fuses into one pass: the thing for a fixed
+    matrix (a noise's shape factor, scaled per particle or not), where the pairwise sum of the
+    products would first hold all d x d of them for every particle (30x slower for a 32-D
+    Hessian noise). A matrix gathered per particle (a minibatch's examples) is better served by
+    ``ordered_dot``, one pairwise dot per row."""
+    m, v = xp.asarray(m), xp.asarray(v)
+    acc = m[..., 0] * v[0]
+    for k in range(1, v.shape[0]):
+        acc = acc + m[..., k] * v[k]
+    return acc
 
 
 def ordered_norm(v, xp=jnp):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from . import _checks
 from ._pytree import pytree_dataclass
-from .ordered import ordered_dot, ordered_norm
+from .ordered import ordered_matvec, ordered_norm
 
 
 @pytree_dataclass
@@ -50,11 +50,11 @@ class SDE:
 
     def apply_diffusion(self, x, dw):
         g = self.diffusion(x)
-        return ordered_dot(g, dw) if jnp.ndim(g) == 2 else g * dw
+        return ordered_matvec(g, dw) if jnp.ndim(g) == 2 else g * dw
 
     def std_along(self, x, normal):
         """sqrt(n' G G' n): noise level per sqrt(time) along the unit vector ``normal``."""
         g = self.diffusion(x)
         if jnp.ndim(g) == 2:
-            return ordered_norm(ordered_dot(g.T, normal))
+            return ordered_norm(ordered_matvec(g.T, normal))
         return ordered_norm(g * normal)

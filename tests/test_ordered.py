@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import sgdyn as sg
-from sgdyn.ordered import ordered_dot, ordered_norm, ordered_sum
+from sgdyn.ordered import ordered_dot, ordered_matvec, ordered_norm, ordered_sum
 
 
 @pytest.mark.parametrize("d", [1, 2, 3, 10, 100, 257])
@@ -18,7 +18,7 @@ def test_ordered_sums_are_accurate_and_the_same_in_every_batch(d):
     @jax.jit
     def sums(v):
         per_particle = lambda x: (ordered_sum(x), ordered_dot(x, x), ordered_norm(x),
-                                  ordered_dot(m, x))  # m @ x
+                                  ordered_dot(m, x), ordered_matvec(m, x))  # m @ x twice
         return jax.vmap(per_particle)(v)
 
     few, many = sums(v[:64]), sums(v)
@@ -30,6 +30,9 @@ def test_ordered_sums_are_accurate_and_the_same_in_every_batch(d):
                              (many[1], (exact**2).sum(1), (exact**2).sum(1)),
                              (many[3], exact @ m.T.astype(np.float64), np.abs(exact) @ np.abs(m.T))):
         assert np.all(np.abs(np.asarray(got, np.float64) - want) <= 8e-7 * scale + 1e-30)
+    # term by term: round-off grows like d ulp (a few hundred ulp at most for d = 257)
+    want, scale = exact @ m.T.astype(np.float64), np.abs(exact) @ np.abs(m.T)
+    assert np.all(np.abs(np.asarray(many[4], np.float64) - want) <= 1e-7 * d * scale)
     np.testing.assert_allclose(many[2], np.sqrt((exact**2).sum(1)), rtol=1e-6)
 
 

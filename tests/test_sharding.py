@@ -45,6 +45,17 @@ SCRIPT = textwrap.dedent(r"""
     same(sg.measure_exit_times(*args, min_bucket=256).record,
          sharding.measure_exit_times_sharded(*args, min_bucket=256).record)
 
+    # 32-D: the engine's coordinate-major blocks (ensemble.COORDINATE_MAJOR_DIM), refilled
+    from sgdyn import ensemble
+    d = ensemble.COORDINATE_MAJOR_DIM
+    sde = sg.SDE.make(sg.Quadratic.make(1.0, dim=d), sg.PLDLocal.make(1.0, 0.05), 0.1, 1)
+    args = (jax.random.key(5), sg.EulerMaruyama.make(sde, 0.05), sg.Ball.make(np.zeros(d), 1.6),
+            np.zeros(d), 3001, 4.0)
+    one = sg.measure_exit_times(*args, correction="bridge", min_bucket=64).record
+    assert 0.3 < np.mean(one.escaped) < 0.9
+    same(one, sharding.measure_exit_times_sharded(*args, correction="bridge", min_bucket=64,
+                                                  n_slots=512).record)
+
     # the arrays really are split over both devices
     mesh = sharding.particle_mesh()
     assert mesh.devices.size == 2
