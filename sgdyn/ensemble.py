@@ -16,7 +16,8 @@ The noise of particle i at its k-th tick is drawn from its own counter-based str
 (``sgdyn.rng``), indexed by its global id and its age k, never by its slot or by the wall
 clock; running particles in chunks, refilled slots, on several devices, or all at once gives
 bit-identical per-particle results, as long as the dynamic sums over a particle's coordinates
-in a fixed order (``sgdyn.ordered``: the built-in landscapes, noises, problems and regions do). Times are in t = k * lr units (k steps of size dt).
+in a fixed order (``sgdyn.ordered``: the built-in landscapes, noises, problems and regions
+do). Times are in t = k * lr units (k steps of size dt).
 
 Particles whose state becomes NaN/inf or leaves the box |x_j| < divergence_bound are *diverged*:
 counted apart, neither escaped nor censored (an exit run records the step at which they

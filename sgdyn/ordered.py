@@ -6,8 +6,9 @@ or sharded. Elementwise arithmetic keeps that promise; a reduction (``jnp.sum``,
 and with it the order of the additions, from the shape of the whole batch. On a CPU
 ``sum(x**2)`` of a 10-D particle rounded differently in its last bit with 16384 particles than
 with 64, and the trajectories then drift apart. The sums here are written as elementwise adds
-of slices (pairwise: the first half plus the second, until one value is left), which no
-compiler reorders, so every particle is summed in the same order in every program.
+of slices (pairwise: the first half plus the second, until one value is left; a fixed matrix
+times a vector term by term), which no compiler reorders, so every particle is summed in the
+same order in every program.
 
 Dynamics, landscapes and regions call these for every sum over coordinates or examples that a
 step evaluates; a user's own landscape should too, where it wants the promise kept.
