@@ -506,7 +506,9 @@ def simulate_samples(key, dynamic, x0, n_particles: int, burn_in: int, n_samples
         state = advance(state, thin_ticks)
         return state, layout.outside(state[0])[:n_particles]
 
-    _, xs = jax.lax.scan(sample, state, None, length=n_samples)
+    (x, _), xs = jax.lax.scan(sample, state, None, length=n_samples)
     bad = jnp.any(jnp.isnan(xs), axis=-1)  # (n_samples, n): a coordinate diverged by then
-    return SampleRecord(jnp.where(bad[..., None], jnp.nan, xs), bad[-1], thin_ticks * g,
+    # from the final state, which exists with no sample too
+    diverged = jnp.any(jnp.isnan(layout.outside(x)[:n_particles]), axis=-1)
+    return SampleRecord(jnp.where(bad[..., None], jnp.nan, xs), diverged, thin_ticks * g,
                         burn_ticks * g)

@@ -16,7 +16,9 @@ step evaluates; a user's own landscape should too, where it wants the promise ke
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def pairwise(v, op, axis: int = -1, xp=jnp):
@@ -28,6 +30,8 @@ def pairwise(v, op, axis: int = -1, xp=jnp):
     to the front, a transposed copy of the whole batch in the engine's coordinate-major steps.
     """
     v = xp.asarray(v)
+    if v.ndim == 0:
+        raise ValueError("v must have at least one axis to fold, got a 0-d value")
     axis = axis % v.ndim
 
     def cut(x, start, stop):
@@ -45,15 +49,28 @@ def pairwise(v, op, axis: int = -1, xp=jnp):
 
 
 def ordered_sum(v, axis: int = -1, xp=jnp):
-    """sum_k v[..., k] over ``axis``, pairwise in a fixed order (round-off O(log n) ulp)."""
+    """sum_k v[..., k] over ``axis``, pairwise in a fixed order (round-off O(log n) ulp).
+    Booleans and small integers are summed in the integer type ``jnp.sum`` would use."""
     v = xp.asarray(v)
+    if v.ndim == 0:
+        raise ValueError("v must have at least one axis to sum over, got a 0-d value")
+    wide = np.sum(np.zeros(0, v.dtype)).dtype  # numpy's promotion: bool, int8 -> int64
+    v = v.astype(wide if xp is np else jax.dtypes.canonicalize_dtype(wide))
     if v.shape[axis] == 0:
         return xp.zeros(v.shape[:axis % v.ndim] + v.shape[axis % v.ndim + 1:], v.dtype)
     return pairwise(v, lambda a, b: a + b, axis, xp)
 
 
+def _same_length(a, b, name: str) -> None:
+    if a.ndim == 0 or b.ndim == 0 or a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"{name}: the last axes must have one length, got shapes "
+                         f"{a.shape} and {b.shape}")
+
+
 def ordered_dot(a, b, xp=jnp):
     """a . b over the last axis, pairwise (for a stack of rows a, one dot per row)."""
+    a, b = xp.asarray(a), xp.asarray(b)
+    _same_length(a, b, "ordered_dot")
     return ordered_sum(a * b, xp=xp)
 
 
@@ -66,6 +83,9 @@ def ordered_matvec(m, v, xp=jnp):
     Hessian noise). A matrix gathered per particle (a minibatch's examples) is better served by
     ``ordered_dot``, one pairwise dot per row."""
     m, v = xp.asarray(m), xp.asarray(v)
+    _same_length(m, v, "ordered_matvec")
+    if v.ndim != 1 or v.shape[0] == 0:
+        raise ValueError(f"ordered_matvec: v must be a non-empty vector, got shape {v.shape}")
     acc = m[..., 0] * v[0]
     for k in range(1, v.shape[0]):
         acc = acc + m[..., k] * v[k]

@@ -26,9 +26,10 @@ def test_ordered_sums_are_accurate_and_the_same_in_every_batch(d):
         np.testing.assert_array_equal(a, b[:64])
     exact = v.astype(np.float64)
     # pairwise: a few ulp of the sum of magnitudes at most
+    product = (exact @ m.T.astype(np.float64), np.abs(exact) @ np.abs(m.T))
     for got, want, scale in ((many[0], exact.sum(1), np.abs(exact).sum(1)),
                              (many[1], (exact**2).sum(1), (exact**2).sum(1)),
-                             (many[3], exact @ m.T.astype(np.float64), np.abs(exact) @ np.abs(m.T))):
+                             (many[3], *product)):
         assert np.all(np.abs(np.asarray(got, np.float64) - want) <= 8e-7 * scale + 1e-30)
     # term by term: round-off grows like d ulp (a few hundred ulp at most for d = 257)
     want, scale = exact @ m.T.astype(np.float64), np.abs(exact) @ np.abs(m.T)
@@ -133,3 +134,28 @@ def test_coordinate_major_samples_have_the_exact_stationary_variance():
     # every coordinate gets its own noise: no two coordinates of a particle move together
     corr = np.corrcoef(np.asarray(rec.x[0], np.float64).T)
     assert np.max(np.abs(corr - np.eye(d))) < 6 / np.sqrt(8192)
+
+
+def test_ordered_sums_refuse_what_they_cannot_sum_and_promote_like_jnp_sum():
+    for bad in (lambda: ordered_matvec(np.ones((3, 2)), np.ones(3)),
+                lambda: ordered_matvec(np.ones((2, 3)), np.ones(2)),
+                lambda: ordered_dot(np.ones(3), np.ones(1)),
+                lambda: ordered_matvec(np.ones((2, 0)), np.ones(0)),
+                lambda: ordered_sum(np.float32(3.0))):
+        with pytest.raises(ValueError):
+            bad()
+    assert int(ordered_sum(np.array([True] * 3))) == 3 == int(ordered_sum([True] * 3, xp=np))
+    assert int(ordered_sum(np.full(3, 100, np.int8))) == 300
+    assert ordered_sum(np.ones(3, np.float32)).dtype == np.float32
+
+
+@pytest.mark.parametrize("d", [2, 32])
+def test_samples_without_a_sample_still_flag_divergence(d):
+    dyn, bound = _ou(d), 0.7 if d == 32 else 0.4
+    rec = sg.simulate_samples(jax.random.key(0), dyn, np.zeros(d), 100, 30, 0,
+                              divergence_bound=bound)
+    assert rec.x.shape == (0, 100, d) and rec.diverged.shape == (100,)
+    assert 0.1 < np.mean(rec.diverged) < 0.9
+    one = sg.simulate_samples(jax.random.key(0), dyn, np.zeros(d), 100, 29, 1,
+                              divergence_bound=bound)
+    np.testing.assert_array_equal(rec.diverged, one.diverged)  # the same 30 steps
