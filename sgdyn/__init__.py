@@ -7,8 +7,9 @@ Flat public API. The pieces, each in its own module:
 - noise models (``Isotropic``, ``HessianNoise``, ``PLDLocal``, ``PLDLoss``) and the ``SDE``;
 - dynamics: ``EulerMaruyama`` (any SDE, Gaussian or weak increments) and ``MinibatchSGD``;
 - exit regions (``Threshold``, ``Halfspace``, ``Ball``, ``Interval``) with boundary corrections;
-- sums in one fixed order (``ordered_sum``, ``ordered_dot``, ``ordered_matvec``, ``ordered_norm``), for every sum
-  over a particle's coordinates, so no result depends on how many particles run beside it;
+- sums in one fixed order (``ordered_sum``, ``ordered_dot``, ``ordered_matvec``,
+  ``ordered_norm``), for every sum over a particle's coordinates, so no result depends on how
+  many particles run beside it;
 - the engine (``simulate_exits``, ``simulate_samples``) and the one-call
   ``measure_exit_times`` / ``sweep_exit_times``;
 - estimators (``exit_time_estimate``, ``constant_rate_test``, ``kaplan_meier``) and exact

@@ -493,7 +493,8 @@ def simulate_samples(key, dynamic, x0, n_particles: int, burn_in: int, n_samples
             if layout.coordinate_major:
                 bad = jnp.isnan(x) | ~(jnp.abs(new) <= divergence_bound)
             else:
-                bad = (layout.diverged(new, divergence_bound) | jnp.isnan(x[:, 0]))[:, None]
+                bad = layout.spread(layout.diverged(new, divergence_bound)
+                                    | jnp.isnan(layout.first(x)))
             return (jnp.where(bad, jnp.nan, new), age + 1), None
 
         return jax.lax.scan(body, state, None, length=n_ticks)[0]

@@ -56,8 +56,8 @@ def ordered_sum(v, axis: int = -1, xp=jnp):
         raise ValueError("v must have at least one axis to sum over, got a 0-d value")
     wide = np.sum(np.zeros(0, v.dtype)).dtype  # numpy's promotion: bool, int8 -> int64
     v = v.astype(wide if xp is np else jax.dtypes.canonicalize_dtype(wide))
-    if v.shape[axis] == 0:
-        return xp.zeros(v.shape[:axis % v.ndim] + v.shape[axis % v.ndim + 1:], v.dtype)
+    if v.shape[axis] == 0:  # an empty sum is 0 in any order
+        return xp.sum(v, axis=axis)
     return pairwise(v, lambda a, b: a + b, axis, xp)
 
 

@@ -31,7 +31,8 @@ class FiniteSum(Landscape):
         return jax.vmap(lambda i: self.batch_grad(x, i[None]))(jnp.arange(self.n))
 
     def loss(self, x):
-        return ordered_sum(jax.vmap(lambda i: self.example_loss(x, i))(jnp.arange(self.n))) / self.n
+        losses = jax.vmap(lambda i: self.example_loss(x, i))(jnp.arange(self.n))
+        return ordered_sum(losses) / self.n
 
     def grad(self, x):
         return self.batch_grad(x, jnp.arange(self.n))
@@ -97,7 +98,8 @@ class SyntheticPLD(FiniteSum):
 
     def example_loss(self, x, i):
         dx = x - self.base.minimum
-        return self.base.loss(x) + ordered_dot(self.eps[i], dx) + 0.5 * self.delta[i] * ordered_dot(dx, dx)
+        return (self.base.loss(x) + ordered_dot(self.eps[i], dx)
+                + 0.5 * self.delta[i] * ordered_dot(dx, dx))
 
     def batch_grad(self, x, idx):
         dx = x - self.base.minimum
