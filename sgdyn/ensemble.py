@@ -77,7 +77,7 @@ def exit_spec(dynamic, correction) -> NoiseSpec:
     return NoiseSpec(dynamic.noise_spec.parts + bridge)
 
 
-COORDINATE_MAJOR_DIM = 32
+COORDINATE_MAJOR_DIM = 8
 
 
 class _Layout(NamedTuple):
@@ -88,11 +88,13 @@ class _Layout(NamedTuple):
 
     Coordinate-major, coordinate j of every particle is one contiguous row, like the random
     words (``rng.threefry_words``), so a step reads its noise without a transpose and a sum
-    over coordinates (``sgdyn.ordered``) adds whole rows: the 100-D PLD tick ran 1.5x faster
-    on a CPU. But XLA splits a pass over the threads of a CPU along its first axis only, so
-    with (d, N) at most d threads work; particle-major keeps small dimensions on every core
-    (and 1-D runs, minibatch SGD among them, ran up to 3.7x slower as (1, N)). A fixed
-    threshold, not the core count, so that a run's numbers do not depend on the machine.
+    over coordinates (``sgdyn.ordered``) adds whole rows: on a CPU the 100-D PLD tick ran 1.5x
+    faster, and 8-31-D sample runs 1.3-3x (``benchmarks/layout_probe.py``). Below 8
+    coordinates particle-major is as fast or faster (1-D runs, minibatch SGD among them, ran
+    up to 3.7x slower as (1, N)). A fixed threshold, not one chosen per machine, so that a
+    run's numbers do not depend on where it runs (the two layouts contract multiply-adds
+    differently, so they differ in the last bits).
+
     The walk stays (N, d); the transposes happen once per block.
     """
 

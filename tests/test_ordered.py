@@ -9,7 +9,7 @@ import sgdyn as sg
 from sgdyn.ordered import ordered_dot, ordered_matvec, ordered_norm, ordered_sum
 
 
-@pytest.mark.parametrize("d", [1, 2, 3, 10, 100, 257])
+@pytest.mark.parametrize("d", [1, 2, 3, 10, 17, 24, 100, 257])
 def test_ordered_sums_are_accurate_and_the_same_in_every_batch(d):
     rng = np.random.default_rng(d)
     v = rng.standard_normal((16384, d)).astype(np.float32)
@@ -53,6 +53,8 @@ def _dynamics():
                                     np.zeros(10)),
         "PLD loss, 10-D Styblinski-Tang": (sde(st, sg.PLDLoss.make(st, 1.0, 1.0)),
                                            np.full(10, 2.75)),
+        "PLD local, 20-D": (sde(sg.Quadratic.make(1.0, dim=20), sg.PLDLocal.make(1.0, 1.0)),
+                            np.zeros(20)),
         "Hessian noise, 10-D": (sde(q10, sg.HessianNoise.make(q10, 1.0)), np.zeros(10)),
         "SGD, 1-D synthetic PLD, batch 8": (sg.MinibatchSGD.make(
             sg.SyntheticPLD.make(sg.Quadratic.make(1.0), 1.0, 1.0, 1000), 0.01, 8), np.zeros(1)),
@@ -85,7 +87,8 @@ def test_coordinate_major_blocks_step_the_same_particles(monkeypatch):
     outcome marks, and it keeps the promise of bit-identical records across array sizes."""
     from sgdyn import ensemble
 
-    d = ensemble.COORDINATE_MAJOR_DIM
+    d = 32  # coordinate-major by default; the threshold is moved below to compare the two
+    assert d >= ensemble.COORDINATE_MAJOR_DIM
     dyn, region = _ou(d), sg.Ball.make(np.zeros(d), 1.6)  # about 60% escape by t = 4
     runs = {}
     for layout, threshold in (("coordinate", d), ("particle", d + 1)):
@@ -107,7 +110,7 @@ def test_coordinate_major_blocks_step_the_same_particles(monkeypatch):
     np.testing.assert_allclose(cs.x, ps.x, rtol=1e-4, atol=1e-5)
     assert 0.2 < np.mean(ce.escaped) < 0.9 and np.mean(ce.censored) > 0.05  # both outcomes
     assert np.mean(ce.time == pe.time) > 0.99 and np.mean(ce.escaped == pe.escaped) > 0.99
-    monkeypatch.setattr(ensemble, "COORDINATE_MAJOR_DIM", d)
+    monkeypatch.undo()
     few = sg.measure_exit_times(jax.random.key(2), dyn, region, np.zeros(d), 4000, 4.0,
                                 correction="bridge", n_slots=256, min_bucket=64).record
     for f in ("time", "escaped", "censored", "diverged"):
@@ -116,16 +119,19 @@ def test_coordinate_major_blocks_step_the_same_particles(monkeypatch):
     np.testing.assert_array_equal(small.x, cs.x[:, :64])
 
 
-def test_coordinate_major_samples_have_the_exact_stationary_variance():
-    """Isotropic OU in 32-D (coordinate-major): x' = (1 - h dt) x + g sqrt(dt) xi has the
-    stationary variance g^2 dt / (1 - (1 - h dt)^2) per coordinate, exactly, after the
-    burn-in. 8192 particles x 32 coordinates, independent: the relative standard error of
-    the variance is sqrt(2 / 262144) = 0.28%; the tolerance is 6 of them (1e-9 false alarm)."""
+@pytest.mark.parametrize("d", [8, 13, 32])
+def test_coordinate_major_samples_have_the_exact_stationary_variance(d):
+    """Isotropic OU in d dimensions (coordinate-major from 8 on): x' = (1 - h dt) x +
+    g sqrt(dt) xi has the stationary variance g^2 dt / (1 - (1 - h dt)^2) per coordinate,
+    exactly, after the burn-in. 8192 particles x d coordinates, independent: the relative
+    standard error of the variance is sqrt(2 / (8192 d)) (0.28% in 32-D); the tolerance is 6
+    of them (1e-9 false alarm)."""
     from sgdyn import ensemble
 
-    d, h, dt, lr = ensemble.COORDINATE_MAJOR_DIM, 2.0, 0.05, 0.1
+    h, dt, lr = 2.0, 0.05, 0.1
     dyn = sg.EulerMaruyama.make(sg.SDE.make(sg.Quadratic.make(h, dim=d), sg.Isotropic.make(1.5),
                                             lr, 1), dt)
+    assert ensemble._Layout.of(dyn).coordinate_major
     rec = sg.simulate_samples(jax.random.key(4), dyn, np.zeros(d), 8192, 400, 1)
     g2 = lr * 1.5
     exact = g2 * dt / (1 - (1 - h * dt) ** 2)  # burn-in: (1 - h dt)^800 of the start is gone

@@ -47,7 +47,8 @@ SCRIPT = textwrap.dedent(r"""
 
     # 32-D: the engine's coordinate-major blocks (ensemble.COORDINATE_MAJOR_DIM), refilled
     from sgdyn import ensemble
-    d = ensemble.COORDINATE_MAJOR_DIM
+    d = 32
+    assert d >= ensemble.COORDINATE_MAJOR_DIM
     sde = sg.SDE.make(sg.Quadratic.make(1.0, dim=d), sg.PLDLocal.make(1.0, 0.05), 0.1, 1)
     args = (jax.random.key(5), sg.EulerMaruyama.make(sde, 0.05), sg.Ball.make(np.zeros(d), 1.6),
             np.zeros(d), 3001, 4.0)

@@ -1,0 +1,92 @@
+"""Particle-major against coordinate-major steps, dimension by dimension, on this machine.
+
+The engine holds a block's states as (d, N) from ``sgdyn.ensemble.COORDINATE_MAJOR_DIM``
+coordinates on and as (N, d) below (``ensemble._Layout``). This probe moves the threshold to
+run each dimension both ways, in one process, and prints particle-steps per second for
+Gaussian and three-point increments, in a sample run (1-D quadratic basin with local PLD
+noise, d copies) and in an exit run that never exits (the exit kernel alone, 16384 slots):
+
+    python benchmarks/layout_probe.py --dims 4,8,16,32 --out benchmarks/results/cpu_layout.jsonl
+
+Medians of three calls after a compiling one. Shared machines: read the ratios, within a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import sgdyn as sg  # noqa: E402
+from sgdyn import ensemble, runner  # noqa: E402
+
+SLOTS = 16384
+
+
+def _dynamic(d, increments):
+    sde = sg.SDE.make(sg.Quadratic.make(1.0, dim=d), sg.PLDLocal.make(1.0, 0.01), 0.1, 1.0)
+    return sg.EulerMaruyama.make(sde, 0.02, increments)
+
+
+def _median_rate(fn, work):
+    fn(0)
+    times = []
+    for seed in range(1, 4):
+        t0 = time.perf_counter()
+        fn(seed)
+        times.append(time.perf_counter() - t0)
+    return work / float(np.median(times))
+
+
+def samples_rate(d, increments):
+    dyn = _dynamic(d, increments)
+    n, steps = max(4096, (2**21 // d) // 64 * 64), 64
+    run = jax.jit(lambda key: sg.simulate_samples(key, dyn, jnp.zeros(d), n, steps, 1).x.sum())
+    return _median_rate(lambda s: run(jax.random.key(s)).block_until_ready(), n * (steps + 1))
+
+
+def exit_kernel_rate(d, increments):
+    dyn, region = _dynamic(d, increments), sg.Ball.make(jnp.zeros(d), 1e3)  # nobody leaves
+    steps = max(64, 4096 // d)
+    return _median_rate(lambda s: sg.measure_exit_times(
+        jax.random.key(s), dyn, region, jnp.zeros(d), 4 * SLOTS, steps * 0.02, n_slots=SLOTS),
+        4 * SLOTS * steps)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dims", default="4,6,7,8,10,12,16,24,31,32")
+    ap.add_argument("--out", help="append one JSON line per dimension to this file")
+    args = ap.parse_args(argv)
+    default = ensemble.COORDINATE_MAJOR_DIM
+    for d in (int(s) for s in args.dims.split(",")):
+        row = dict(dim=d, default_layout="coordinate" if d >= default else "particle",
+                   backend=jax.default_backend(), cores=os.cpu_count())
+        for layout, threshold in (("particle", d + 1), ("coordinate", d)):
+            ensemble.COORDINATE_MAJOR_DIM = threshold
+            # the layout is chosen at trace time: programs of the other layout must go
+            jax.clear_caches()
+            runner._advance_fn.cache_clear()
+            for inc in ("gaussian", "three_point"):
+                row[f"{layout} samples {inc}"] = samples_rate(d, inc)
+                row[f"{layout} exits {inc}"] = exit_kernel_rate(d, inc)
+        ensemble.COORDINATE_MAJOR_DIM = default
+        ratios = {k.replace("coordinate ", ""): row[k] / row[k.replace("coordinate", "particle")]
+                  for k in list(row) if k.startswith("coordinate ")}
+        row["coordinate/particle"] = ratios
+        print(f"d={d:3d} coordinate/particle: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in ratios.items()), flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
