@@ -218,6 +218,20 @@ def test_noise_values_never_share_bits(parts):
                 used[lo:lo + width] = True
 
 
+@pytest.mark.parametrize("parts", [(("three_point", 9),), (("three_point", 2), ("uniform", 1)),
+                                   (("two_point", 10), ("uniform", 1)), (("three_point", 31),)])
+def test_fields_of_a_known_step_are_those_of_a_traced_one(parts):
+    """rng.take reads the fields of an unrolled step (its bit known when traced) row by row,
+    and those of a looped step with a gather: the same values either way."""
+    spec = rng.NoiseSpec(parts)
+    steps, calls = rng.plan(spec)
+    words = rng.threefry_words(jax.random.key(2), jnp.arange(640, dtype=jnp.uint32), 3, calls)
+    traced = jax.jit(lambda s: rng.take(words, s, spec))
+    for s in range(steps):
+        for known, looped in zip(rng.take(words, s, spec), traced(jnp.int32(s))):
+            np.testing.assert_array_equal(known, looped)
+
+
 def test_three_point_increments_have_gaussian_moments():
     values = np.asarray(rng._decode("three_point", jnp.arange(2**16, dtype=jnp.uint32)), float)
     assert abs(values.mean()) < 1e-12 and abs(np.mean(values**3)) < 1e-12
