@@ -26,12 +26,13 @@ def pairwise(v, op, axis: int = -1, xp=jnp):
     with the second until one entry is left, then the last entries that odd lengths left
     over, in the order they were set aside.
 
-    Only slices and ``op``: a concatenate (or a moveaxis) would make vmap move the batch axis
-    to the front, a transposed copy of the whole batch in the engine's coordinate-major steps.
-    Sums of products (``ordered_dot``, ``ordered_norm``) multiply the slices the first fold
-    takes, not the whole arrays: a product read by 16 or more slices is a value XLA's CPU
-    fusion will not duplicate into each of them, so it would write it out in a pass of its
-    own (the norm of a 16-31-D coordinate-major state ran 2.5x slower so).
+    Only one-entry slices and ``op``, one ``op`` per pair of entries: a concatenate (or a
+    moveaxis) would make vmap move the batch axis to the front, a transposed copy of the
+    whole batch in the engine's coordinate-major steps; and a value that two later folds both
+    read (a product of whole arrays, or a half of the array) is one XLA's CPU fusion writes
+    out rather than computes in each reader (the norm of a 16-31-D coordinate-major state ran
+    2.5x slower so, and an exit test that folds a new state redid the step for every pass).
+    Sums of products (``ordered_dot``, ``ordered_norm``) multiply entry by entry as they go.
     """
     v = xp.asarray(v)
     if v.ndim == 0:
@@ -43,27 +44,18 @@ def _fold(leaf, parts, op, axis: int):
     """pairwise's fold of leaf(*parts): the parts (arrays that broadcast together) are sliced
     along ``axis`` (negative: counted from the end, where their lengths agree)."""
     after = (slice(None),) * (-axis - 1)
-
-    def cut(x, start, stop):
-        return x[(Ellipsis, slice(start, stop)) + after]
-
-    def first(start, stop):
-        return leaf(*(cut(p, start, stop) for p in parts))
-
     n = parts[0].shape[axis]
-    if n == 1:
-        v, leftovers = first(0, 1), []
-    else:
-        leftovers = [first(n - 1, n)] if n % 2 else []
-        v = op(first(0, n // 2), first(n // 2, 2 * (n // 2)))
-    while v.shape[axis] > 1:
-        n = v.shape[axis]
-        if n % 2:
-            leftovers.append(cut(v, n - 1, n))
-        v = op(cut(v, 0, n // 2), cut(v, n // 2, 2 * (n // 2)))
+    # one entry per coordinate, each read by one fold (see pairwise)
+    v = [leaf(*(p[(Ellipsis, slice(i, i + 1)) + after] for p in parts)) for i in range(n)]
+    leftovers = []
+    while len(v) > 1:
+        if len(v) % 2:
+            leftovers.append(v.pop())
+        half = len(v) // 2
+        v = [op(v[j], v[j + half]) for j in range(half)]
     for last in leftovers:
-        v = op(v, last)
-    return v[(Ellipsis, 0) + after]
+        v[0] = op(v[0], last)
+    return v[0][(Ellipsis, 0) + after]
 
 
 def ordered_sum(v, axis: int = -1, xp=jnp):
