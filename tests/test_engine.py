@@ -730,18 +730,30 @@ def test_the_runner_programs_keep_exit_steps_exact(monkeypatch, kind, path):
     assert bool(widened) == (path == "moved to the full array")
 
 
-def test_an_xla_without_the_runner_options_compiles_with_its_defaults(monkeypatch):
+def _ball_run(d):
+    sde = sg.SDE.make(sg.Quadratic.make(1.0, dim=d), sg.PLDLocal.make(1.0, 0.05), 0.1, 1)
+    return sg.measure_exit_times(jax.random.key(42), sg.EulerMaruyama.make(sde, 0.05),
+                                 sg.Ball.make(np.zeros(d), 1.0), np.zeros(d), 600, 2.0)
+
+
+@pytest.mark.parametrize("layout, options, run", [
+    ("particle-major", "CPU_COMPILER_OPTIONS", _small_run),
+    ("coordinate-major", "CPU_COORDINATE_MAJOR_OPTIONS", lambda: _ball_run(8))])
+def test_an_xla_without_the_runner_options_compiles_with_its_defaults(monkeypatch, layout,
+                                                                      options, run):
+    """Each layout's programs ask for their own options (a refusal names which), and an XLA
+    that refuses them compiles with its defaults: the same record."""
     from sgdyn import _tuned_jit, runner
 
     if jax.default_backend() != "cpu":
         pytest.skip("the options are for a CPU")
-    reference = _small_run()
-    monkeypatch.setattr(runner, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": True})
+    reference = run()
+    monkeypatch.setattr(runner, options, {"xla_cpu_no_such_option": True})
     monkeypatch.setattr(_tuned_jit, "_REFUSED", set())
     runner._advance_fn.cache_clear()
     try:
-        fallback = _small_run()
-        assert _tuned_jit._REFUSED == {frozenset({"xla_cpu_no_such_option"})}
+        fallback = run()
+        assert _tuned_jit._REFUSED == {frozenset({"xla_cpu_no_such_option"})}, layout
     finally:
         runner._advance_fn.cache_clear()  # later tests compile with the real options again
     np.testing.assert_array_equal(fallback.record.time, reference.record.time)
@@ -772,7 +784,7 @@ def test_no_recompilation_for_new_parameter_values():
     _small_run()
     # the compiled function a 3000-particle run uses (its pack sizes, as run_exits computes them)
     sizes = runner.pack_sizes(sg.ensemble.padded(3000), runner.MIN_BUCKET)
-    advance = runner._advance_fn(None, None, 32, 1e8, sizes)
+    advance = runner._advance_fn(None, None, 32, 1e8, sizes, coordinate_major=False)
     before = advance._cache_size()
     assert before >= 1  # the run above compiled this very function
     for sigma2 in (0.5, 0.8, 1.3):
