@@ -37,6 +37,26 @@ def test_ordered_sums_are_accurate_and_the_same_in_every_batch(d):
     np.testing.assert_allclose(many[2], np.sqrt((exact**2).sum(1)), rtol=1e-6)
 
 
+@pytest.mark.parametrize("d", [5, 32, 33, 64, 65, 100, 257])
+def test_ordered_sums_add_in_the_documented_order(d):
+    """First half plus second half until one entry is left, then the leftovers of odd
+    lengths in the order they were set aside, whether a fold goes by halves of arrays or
+    entry by entry (sgdyn.ordered switches at ENTRYWISE entries): float32 additions in that
+    order, by hand, give the same bits."""
+    v = np.random.default_rng(d).standard_normal((7, d)).astype(np.float32) * 1e3
+    w, leftovers = v, []
+    while w.shape[1] > 1:
+        n = w.shape[1]
+        if n % 2:
+            leftovers.append(w[:, n - 1:])
+        w = w[:, :n // 2] + w[:, n // 2:2 * (n // 2)]
+    for last in leftovers:
+        w = w + last
+    np.testing.assert_array_equal(ordered_sum(v, xp=np), w[:, 0])
+    np.testing.assert_array_equal(np.asarray(jax.jit(ordered_sum)(v)), w[:, 0])
+    np.testing.assert_array_equal(ordered_dot(v, v, xp=np), ordered_sum(v * v, xp=np))
+
+
 def test_ordered_sum_over_another_axis_and_empty_axes():
     x = np.arange(12.0).reshape(3, 4)
     np.testing.assert_array_equal(ordered_sum(x, axis=0), x.sum(0))
