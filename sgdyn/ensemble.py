@@ -91,9 +91,9 @@ class _Layout(NamedTuple):
     over coordinates (``sgdyn.ordered``) adds whole rows: on a CPU the 100-D PLD tick ran 1.5x
     faster, 8-32-D Gaussian samples 1.5-3.8x and exit runs 2.1-5.3x
     (``benchmarks/layout_probe.py``). Below 8 coordinates neither layout wins throughout, and
-    1-D runs (minibatch SGD among them) ran up to 3.7x slower as (1, N). A fixed threshold, not one chosen per machine, so that a
-    run's numbers do not depend on where it runs (the two layouts contract multiply-adds
-    differently, so they differ in the last bits).
+    1-D runs (minibatch SGD among them) ran up to 3.7x slower as (1, N). A fixed threshold,
+    not one chosen per machine, so that a run's numbers do not depend on where it runs (the
+    two layouts contract multiply-adds differently, so they differ in the last bits).
 
     The walk stays (N, d); the transposes happen once per block.
     """

@@ -26,13 +26,14 @@ def pairwise(v, op, axis: int = -1, xp=jnp):
     with the second until one entry is left, then the last entries that odd lengths left
     over, in the order they were set aside.
 
-    Only one-entry slices and ``op``, one ``op`` per pair of entries: a concatenate (or a
-    moveaxis) would make vmap move the batch axis to the front, a transposed copy of the
-    whole batch in the engine's coordinate-major steps; and a value that two later folds both
-    read (a product of whole arrays, or a half of the array) is one XLA's CPU fusion writes
-    out rather than computes in each reader (the norm of a 16-31-D coordinate-major state ran
-    2.5x slower so, and an exit test that folds a new state redid the step for every pass).
-    Sums of products (``ordered_dot``, ``ordered_norm``) multiply entry by entry as they go.
+    Only slices and ``op``, and one-entry slices once ENTRYWISE or fewer entries are left: a
+    concatenate (or a moveaxis) would make vmap move the batch axis to the front, a
+    transposed copy of the whole batch in the engine's coordinate-major steps; and a value
+    that two later folds both read (a product of whole arrays, or a half of the array) is one
+    XLA's CPU fusion writes out rather than computes in each reader (the norm of a 16-31-D
+    coordinate-major state ran 2.5x slower so, and an exit test that folds a new state redid
+    the step for every pass). Sums of products (``ordered_dot``, ``ordered_norm``) multiply
+    the slices as they go.
     """
     v = xp.asarray(v)
     if v.ndim == 0:
@@ -50,7 +51,7 @@ def _fold(leaf, parts, op, axis: int):
     Halves of arrays while more than ENTRYWISE entries are left, then one entry at a time:
     the same additions in the same order either way. Entry by entry every value is read by one
     fold, which XLA fuses into one pass (see pairwise); but the program grows with the entries
-    (a 1000-D exit program took 20 s to compile so, against 1 s with halves)."""
+    (a 1000-D exit run's first call took 21.5 s so, against 1.1 s with halves)."""
     after = (slice(None),) * (-axis - 1)
 
     def cut(x, start, stop):
