@@ -33,7 +33,8 @@ def pairwise(v, op, axis: int = -1, xp=jnp):
     XLA's CPU fusion writes out rather than computes in each reader (the norm of a 16-31-D
     coordinate-major state ran 2.5x slower so, and an exit test that folds a new state redid
     the step for every pass). Sums of products (``ordered_dot``, ``ordered_norm``) multiply
-    the slices as they go.
+    the slices as they go (compiled, XLA may fuse a product with the addition after it into
+    one multiply-add: the order of the additions is fixed, their roundings per program).
     """
     v = xp.asarray(v)
     if v.ndim == 0:
@@ -134,4 +135,6 @@ def ordered_matvec(m, v, xp=jnp):
 def ordered_norm(v, xp=jnp):
     """|v|, the Euclidean norm over the last axis."""
     v = xp.asarray(v)
+    if v.ndim == 0:
+        raise ValueError("v must have at least one axis to take the norm over, got a 0-d value")
     return xp.sqrt(_sum(lambda x: x * x, (v,), v.dtype, -1, xp))

@@ -167,7 +167,9 @@ def test_ordered_sums_refuse_what_they_cannot_sum_and_promote_like_jnp_sum():
                 lambda: ordered_matvec(np.ones((2, 3)), np.ones(2)),
                 lambda: ordered_dot(np.ones(3), np.ones(1)),
                 lambda: ordered_matvec(np.ones((2, 0)), np.ones(0)),
-                lambda: ordered_sum(np.float32(3.0))):
+                lambda: ordered_sum(np.float32(3.0)),
+                lambda: ordered_norm(np.float32(3.0)),
+                lambda: ordered_norm(np.float32(3.0), xp=np)):
         with pytest.raises(ValueError):
             bad()
     assert int(ordered_sum(np.array([True] * 3))) == 3 == int(ordered_sum([True] * 3, xp=np))
