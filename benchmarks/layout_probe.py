@@ -8,7 +8,7 @@ noise, d copies) and in an exit run that never exits (the exit kernel alone, 163
 
     python benchmarks/layout_probe.py --dims 4,8,16,32 --out benchmarks/results/cpu_layout.jsonl
 
-Medians of three calls after a compiling one. Shared machines: read the ratios, within a run.
+Medians of three calls after a compiling one (``alternatives.timed``). Shared machines: read the ratios, within a run.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sgdyn as sg  # noqa: E402
 from sgdyn import ensemble, runner  # noqa: E402
+
+from benchmarks.alternatives import timed  # noqa: E402
 
 SLOTS = 16384
 
@@ -35,29 +35,19 @@ def _dynamic(d, increments):
     return sg.EulerMaruyama.make(sde, 0.02, increments)
 
 
-def _median_rate(fn, work):
-    fn(0)
-    times = []
-    for seed in range(1, 4):
-        t0 = time.perf_counter()
-        fn(seed)
-        times.append(time.perf_counter() - t0)
-    return work / float(np.median(times))
-
-
 def samples_rate(d, increments):
     dyn = _dynamic(d, increments)
     n, steps = max(4096, (2**21 // d) // 64 * 64), 64
     run = jax.jit(lambda key: sg.simulate_samples(key, dyn, jnp.zeros(d), n, steps, 1).x.sum())
-    return _median_rate(lambda s: run(jax.random.key(s)).block_until_ready(), n * (steps + 1))
+    return n * (steps + 1) / timed(run, jax.random.key(1), repeats=3)[1]
 
 
 def exit_kernel_rate(d, increments):
     dyn, region = _dynamic(d, increments), sg.Ball.make(jnp.zeros(d), 1e3)  # nobody leaves
     steps = max(64, 4096 // d)
-    return _median_rate(lambda s: sg.measure_exit_times(
-        jax.random.key(s), dyn, region, jnp.zeros(d), 4 * SLOTS, steps * 0.02, n_slots=SLOTS),
-        4 * SLOTS * steps)
+    run = lambda key: sg.measure_exit_times(key, dyn, region, jnp.zeros(d), 4 * SLOTS,
+                                            steps * 0.02, n_slots=SLOTS).record.time
+    return 4 * SLOTS * steps / timed(run, jax.random.key(1), repeats=3)[1]
 
 
 def main(argv=None):

@@ -37,9 +37,14 @@ def pairwise(v, op, axis: int = -1, xp=jnp):
     one multiply-add: the order of the additions is fixed, their roundings per program).
     """
     v = xp.asarray(v)
+    return _fold(lambda x: x, (v,), op, _axis(v, axis))
+
+
+def _axis(v, axis: int) -> int:
+    """``axis`` of v counted from the end (negative); ValueError for a 0-d v."""
     if v.ndim == 0:
-        raise ValueError("v must have at least one axis to fold, got a 0-d value")
-    return _fold(lambda x: x, (v,), op, axis % v.ndim - v.ndim)
+        raise ValueError("v must have at least one axis to sum over, got a 0-d value")
+    return axis % v.ndim - v.ndim
 
 
 ENTRYWISE = 32  # folds of at most this many entries go entry by entry (see _fold)
@@ -58,20 +63,16 @@ def _fold(leaf, parts, op, axis: int):
     def cut(x, start, stop):
         return x[(Ellipsis, slice(start, stop)) + after]
 
+    def take(start, stop):  # entries start .. stop - 1 of the values folded so far
+        return leaf(*(cut(p, start, stop) for p in parts))
+
     n, leftovers = parts[0].shape[axis], []
-    if n > ENTRYWISE:
+    while n > ENTRYWISE:
         if n % 2:
-            leftovers.append(leaf(*(cut(p, n - 1, n) for p in parts)))
-        v = op(leaf(*(cut(p, 0, n // 2) for p in parts)),
-               leaf(*(cut(p, n // 2, 2 * (n // 2)) for p in parts)))
-        while v.shape[axis] > ENTRYWISE:
-            m = v.shape[axis]
-            if m % 2:
-                leftovers.append(cut(v, m - 1, m))
-            v = op(cut(v, 0, m // 2), cut(v, m // 2, 2 * (m // 2)))
-        v = [cut(v, i, i + 1) for i in range(v.shape[axis])]
-    else:
-        v = [leaf(*(cut(p, i, i + 1) for p in parts)) for i in range(n)]
+            leftovers.append(take(n - 1, n))
+        half = op(take(0, n // 2), take(n // 2, 2 * (n // 2)))
+        take, n = (lambda start, stop, half=half: cut(half, start, stop)), n // 2
+    v = [take(i, i + 1) for i in range(n)]
     while len(v) > 1:
         if len(v) % 2:
             leftovers.append(v.pop())
@@ -86,9 +87,7 @@ def ordered_sum(v, axis: int = -1, xp=jnp):
     """sum_k v[..., k] over ``axis``, pairwise in a fixed order (round-off O(log n) ulp).
     Booleans and small integers are summed in the integer type ``jnp.sum`` would use."""
     v = xp.asarray(v)
-    if v.ndim == 0:
-        raise ValueError("v must have at least one axis to sum over, got a 0-d value")
-    return _sum(lambda x: x, (v,), v.dtype, axis % v.ndim - v.ndim, xp)
+    return _sum(lambda x: x, (v,), v.dtype, _axis(v, axis), xp)
 
 
 def _sum(leaf, parts, dtype, axis: int, xp):
@@ -135,6 +134,4 @@ def ordered_matvec(m, v, xp=jnp):
 def ordered_norm(v, xp=jnp):
     """|v|, the Euclidean norm over the last axis."""
     v = xp.asarray(v)
-    if v.ndim == 0:
-        raise ValueError("v must have at least one axis to take the norm over, got a 0-d value")
-    return xp.sqrt(_sum(lambda x: x * x, (v,), v.dtype, -1, xp))
+    return xp.sqrt(_sum(lambda x: x * x, (v,), v.dtype, _axis(v, -1), xp))
