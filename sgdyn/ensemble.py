@@ -77,23 +77,36 @@ def exit_spec(dynamic, correction) -> NoiseSpec:
     return NoiseSpec(dynamic.noise_spec.parts + bridge)
 
 
-COORDINATE_MAJOR_DIM = 8
+# From how many coordinates a block of ticks is coordinate-major, per backend (see _Layout);
+# a backend not named takes the CPU's.
+COORDINATE_MAJOR_DIM = {"cpu": 8, "gpu": 3}
+
+
+def coordinate_major_dim(backend: str | None = None) -> int:
+    """The number of coordinates from which the engine holds a block's states as (d, N) on
+    ``backend`` (JAX's default backend if None)."""
+    backend = backend or jax.default_backend()
+    return COORDINATE_MAJOR_DIM.get(backend, COORDINATE_MAJOR_DIM["cpu"])
 
 
 class _Layout(NamedTuple):
     """How a block of ticks holds the states: particle-major, x (N, d), the walk's own layout,
-    or coordinate-major, x (d, N), from COORDINATE_MAJOR_DIM coordinates on, for dynamics
+    or coordinate-major, x (d, N), from ``coordinate_major_dim()`` coordinates on, for dynamics
     that draw no random words (minibatch SGD draws its batch's indices as words and gathers
     its examples per particle: as (d, N) that ran 2-4x slower in 32-64 dimensions).
 
     Coordinate-major, coordinate j of every particle is one contiguous row, like the random
     words (``rng.threefry_words``), so a step reads its noise without a transpose and a sum
-    over coordinates (``sgdyn.ordered``) adds whole rows: on a CPU the 100-D PLD tick ran 1.5x
-    faster, 8-32-D Gaussian samples 1.5-3.8x and exit runs 2.1-5.3x
-    (``benchmarks/layout_probe.py``). Below 8 coordinates neither layout wins throughout, and
-    1-D runs (minibatch SGD among them) ran up to 3.7x slower as (1, N). A fixed threshold,
-    not one chosen per machine, so that a run's numbers do not depend on where it runs (the
-    two layouts contract multiply-adds differently, so they differ in the last bits).
+    over coordinates (``sgdyn.ordered``) adds whole rows (``benchmarks/layout_probe.py``):
+    - on a CPU, from 8 coordinates: the 100-D PLD tick ran 1.5x faster, 8-32-D Gaussian
+      samples 1.5-3.8x and exit runs 2.1-5.3x. Below 8 neither layout wins throughout, and 1-D
+      runs (minibatch SGD among them) ran up to 3.7x slower as (1, N);
+    - on a GPU (an H200), from 3 coordinates: 3-32-D samples 1.2-2.5x faster, exit runs
+      0.97-1.31x. 2-D three-point samples ran 0.86x and 1-D runs 0.59-0.97x.
+    One threshold per backend, not one tuned per machine, so that a run gives the same numbers
+    on every CPU, and on every GPU (the two layouts contract multiply-adds differently, so they
+    differ in the last bits). A GPU and a CPU compile the arithmetic differently anyway: the
+    benchmark's 1-D mean exit times agreed to 2e-8, not exactly.
 
     The walk stays (N, d); the transposes happen once per block.
     """
@@ -103,7 +116,7 @@ class _Layout(NamedTuple):
     @staticmethod
     def of(dynamic) -> "_Layout":
         words = any(kind == "word" for kind, _ in dynamic.noise_spec.parts)
-        return _Layout(dynamic.dim >= COORDINATE_MAJOR_DIM and not words)
+        return _Layout(dynamic.dim >= coordinate_major_dim() and not words)
 
     @property
     def axis(self) -> int:  # the particles' axis of a state

@@ -100,25 +100,31 @@ def _ou(d):
     return sg.EulerMaruyama.make(sde, 0.05)
 
 
-def test_coordinate_major_blocks_step_the_same_particles(monkeypatch):
-    """From ensemble.COORDINATE_MAJOR_DIM coordinates on, the engine steps its states as
-    (d, N). Its particles follow the particle-major paths to round-off (the two layouts fuse
-    multiply-adds differently, so not bit for bit), in samples and in exit runs with their
-    outcome marks, and it keeps the promise of bit-identical records across array sizes."""
+@pytest.mark.parametrize("d, radius, bound", [(32, 1.6, 0.7), (4, 0.7, 0.5)])
+def test_coordinate_major_blocks_step_the_same_particles(monkeypatch, d, radius, bound):
+    """From ensemble.coordinate_major_dim() coordinates on (8 on a CPU, 3 on a GPU), the engine
+    steps its states as (d, N). Its particles follow the particle-major paths to round-off (the
+    two layouts fuse multiply-adds differently, so not bit for bit), in samples and in exit runs
+    with their outcome marks, and it keeps the promise of bit-identical records across array
+    sizes. 4-D is the GPU's layout, run here with the CPU's threshold moved to 3."""
     from sgdyn import ensemble
 
-    d = 32  # coordinate-major by default; the threshold is moved below to compare the two
-    assert d >= ensemble.COORDINATE_MAJOR_DIM
-    dyn, region = _ou(d), sg.Ball.make(np.zeros(d), 1.6)  # about 60% escape by t = 4
+    backend, gpu = jax.default_backend(), ensemble.coordinate_major_dim("gpu")
+    if d < ensemble.coordinate_major_dim():
+        monkeypatch.setitem(ensemble.COORDINATE_MAJOR_DIM, backend, gpu)
+    default = ensemble.coordinate_major_dim()
+    assert d >= default
+    # the radius: about 60% escape by t = 4; the bound: 20-90% diverge
+    dyn, region = _ou(d), sg.Ball.make(np.zeros(d), radius)
     runs = {}
     for layout, threshold in (("coordinate", d), ("particle", d + 1)):
-        monkeypatch.setattr(ensemble, "COORDINATE_MAJOR_DIM", threshold)
+        monkeypatch.setitem(ensemble.COORDINATE_MAJOR_DIM, backend, threshold)
         assert ensemble._Layout.of(dyn).coordinate_major == (layout == "coordinate")
         bounded = sg.simulate_samples(jax.random.key(1), dyn, np.zeros(d), 256, 0, 8, 5,
-                                      divergence_bound=0.7)
+                                      divergence_bound=bound)
         x = np.asarray(bounded.x)  # a sample is all NaN from its particle's divergence on
         gone = np.isnan(x).any(axis=2)
-        assert np.all(np.isnan(x[gone])) and np.all(np.abs(x[~gone]) <= 0.7)
+        assert np.all(np.isnan(x[gone])) and np.all(np.abs(x[~gone]) <= bound)
         assert np.all(gone[1:] >= gone[:-1]) and 0.2 < np.mean(bounded.diverged) < 0.9
         np.testing.assert_array_equal(bounded.diverged, gone[-1])
         runs[layout + " bounded"] = bounded.diverged
@@ -130,7 +136,7 @@ def test_coordinate_major_blocks_step_the_same_particles(monkeypatch):
     np.testing.assert_allclose(cs.x, ps.x, rtol=1e-4, atol=1e-5)
     assert 0.2 < np.mean(ce.escaped) < 0.9 and np.mean(ce.censored) > 0.05  # both outcomes
     assert np.mean(ce.time == pe.time) > 0.99 and np.mean(ce.escaped == pe.escaped) > 0.99
-    monkeypatch.undo()
+    monkeypatch.setitem(ensemble.COORDINATE_MAJOR_DIM, backend, default)
     few = sg.measure_exit_times(jax.random.key(2), dyn, region, np.zeros(d), 4000, 4.0,
                                 correction="bridge", n_slots=256, min_bucket=64).record
     for f in ("time", "escaped", "censored", "diverged"):
@@ -139,15 +145,19 @@ def test_coordinate_major_blocks_step_the_same_particles(monkeypatch):
     np.testing.assert_array_equal(small.x, cs.x[:, :64])
 
 
-@pytest.mark.parametrize("d", [8, 13, 32])
-def test_coordinate_major_samples_have_the_exact_stationary_variance(d):
-    """Isotropic OU in d dimensions (coordinate-major from 8 on): x' = (1 - h dt) x +
+@pytest.mark.parametrize("d, layout_of", [(8, "cpu"), (13, "cpu"), (32, "cpu"), (3, "gpu"),
+                                         (7, "gpu")])
+def test_coordinate_major_samples_have_the_exact_stationary_variance(monkeypatch, d, layout_of):
+    """Isotropic OU in d dimensions (coordinate-major from 8 on on a CPU, from 3 on on a GPU;
+    the GPU's 3-D and 7-D layout run here with the threshold moved): x' = (1 - h dt) x +
     g sqrt(dt) xi has the stationary variance g^2 dt / (1 - (1 - h dt)^2) per coordinate,
     exactly, after the burn-in. 8192 particles x d coordinates, independent: the relative
     standard error of the variance is sqrt(2 / (8192 d)) (0.28% in 32-D); the tolerance is 6
     of them (1e-9 false alarm)."""
     from sgdyn import ensemble
 
+    monkeypatch.setitem(ensemble.COORDINATE_MAJOR_DIM, jax.default_backend(),
+                        ensemble.coordinate_major_dim(layout_of))
     h, dt, lr = 2.0, 0.05, 0.1
     dyn = sg.EulerMaruyama.make(sg.SDE.make(sg.Quadratic.make(h, dim=d), sg.Isotropic.make(1.5),
                                             lr, 1), dt)

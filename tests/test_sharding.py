@@ -45,10 +45,10 @@ SCRIPT = textwrap.dedent(r"""
     same(sg.measure_exit_times(*args, min_bucket=256).record,
          sharding.measure_exit_times_sharded(*args, min_bucket=256).record)
 
-    # 32-D: the engine's coordinate-major blocks (ensemble.COORDINATE_MAJOR_DIM), refilled
+    # 32-D: the engine's coordinate-major blocks (ensemble.coordinate_major_dim()), refilled
     from sgdyn import ensemble
     d = 32
-    assert d >= ensemble.COORDINATE_MAJOR_DIM
+    assert d >= ensemble.coordinate_major_dim()
     sde = sg.SDE.make(sg.Quadratic.make(1.0, dim=d), sg.PLDLocal.make(1.0, 0.05), 0.1, 1)
     args = (jax.random.key(5), sg.EulerMaruyama.make(sde, 0.05), sg.Ball.make(np.zeros(d), 1.6),
             np.zeros(d), 3001, 4.0)
