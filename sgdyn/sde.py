@@ -57,4 +57,6 @@ class SDE:
         g = self.diffusion(x)
         if jnp.ndim(g) == 2:
             return ordered_norm(ordered_matvec(g.T, normal))
+        if jnp.ndim(g) == 0:  # |G| |n|: the normal unread (XLA drops it), which vmap would
+            return jnp.abs(g)  # compute transposed in a coordinate-major exit test
         return ordered_norm(g * normal)

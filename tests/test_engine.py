@@ -1063,3 +1063,25 @@ def test_a_built_in_regions_start_check_compiles_nothing():
     regions.check_start(Slab(), [0.5])
     with pytest.raises(ValueError, match="x0"):
         regions.check_start(Slab(), [1.5])
+
+
+@pytest.mark.parametrize("noise", ["isotropic", "pld", "pld_shaped", "hessian"])
+def test_noise_level_along_a_normal_is_sqrt_n_G_Gt_n(noise):
+    """The Gobet and bridge corrections use std_along(x, n) = sqrt(n' G G' n) for a unit n:
+    |G| itself for a scalar G (isotropic and PLD noises; no pass over the normal), |G' n| for
+    a matrix. Against float64 at random points and normals in 5-D."""
+    d, rng_ = 5, np.random.default_rng(7)
+    a = rng_.standard_normal((d, d))
+    land = sg.Quadratic.make(1.0 + np.arange(d) / d, dim=d)
+    make = {"isotropic": lambda: sg.Isotropic.make(0.7),
+            "pld": lambda: sg.PLDLocal.make(0.3, 0.5),
+            "pld_shaped": lambda: sg.PLDLocal.make(0.3, 0.5, shape=a @ a.T + np.eye(d)),
+            "hessian": lambda: sg.HessianNoise.make(land, 0.7)}[noise]
+    sde = sg.SDE.make(land, make(), 0.1, 4)
+    for _ in range(5):
+        x, n = rng_.standard_normal(d), rng_.standard_normal(d)
+        n /= np.linalg.norm(n)
+        g = np.asarray(sde.diffusion(jnp.asarray(x, jnp.float32)), np.float64)
+        want = np.abs(g) if g.ndim == 0 else np.linalg.norm(g.T @ n)
+        got = float(sde.std_along(jnp.asarray(x, jnp.float32), jnp.asarray(n, jnp.float32)))
+        assert abs(got / want - 1) < 1e-5, (noise, got, want)
