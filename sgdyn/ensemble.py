@@ -78,14 +78,21 @@ def exit_spec(dynamic, correction) -> NoiseSpec:
 
 
 # From how many coordinates a block of ticks is coordinate-major, per backend (see _Layout);
-# a backend not named takes the CPU's.
+# a backend not named (unmeasured: a TPU) takes the CPU's.
 COORDINATE_MAJOR_DIM = {"cpu": 8, "gpu": 3}
 
 
 def coordinate_major_dim(backend: str | None = None) -> int:
     """The number of coordinates from which the engine holds a block's states as (d, N) on
-    ``backend`` (JAX's default backend if None)."""
-    backend = backend or jax.default_backend()
+    ``backend`` ("cpu", "gpu", "cuda", "rocm", ...; None: the platform of JAX's default
+    device, ``jax.default_device`` if set, else the default backend's). The layout is chosen
+    when a kernel is traced, from that default: a mesh over another platform's devices runs in
+    the default's layout (the same numbers, at that layout's speed)."""
+    if backend is None:
+        device = jax.config.jax_default_device
+        backend = (device if isinstance(device, str) else getattr(device, "platform", None)
+                   or jax.default_backend())
+    backend = {"cuda": "gpu", "rocm": "gpu"}.get(backend, backend)
     return COORDINATE_MAJOR_DIM.get(backend, COORDINATE_MAJOR_DIM["cpu"])
 
 
@@ -147,8 +154,9 @@ class _Layout(NamedTuple):
         non-scalar one, so ``x - center`` was a transposed (N, d) copy of the state, which an
         exit test wrote out pass by pass (64-D and 100-D exit runs 2.9-4x slower than with the
         leaves batched). A per-particle scalar against a vector (a noise's scale times the
-        normals, a correction's dx / |dx|) still moves the axis. Matrices stay shared: broadcast,
-        one that XLA wrote out would be d^2 N."""
+        normals) still moves the axis. Matrices stay shared: broadcast, one that XLA wrote out
+        would be d^2 N. A batched leaf is a tracer even in an eager call: a step that reads a
+        parameter as a concrete value (``np.asarray``) fails here, as it does under jit."""
         if not self.coordinate_major:
             return jax.vmap(fn, in_axes=(None,) + (0,) * len(states))(params, *states)
         d, n = states[0].shape

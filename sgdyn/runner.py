@@ -24,7 +24,8 @@ after one that moved, start on the full array; a sweep starts there at once. Par
 their ids and ages, so the record is the same whichever way it went. On a CPU every program
 here is compiled with ``CPU_COMPILER_OPTIONS`` (XLA's older fusion emitters, which emit
 kernels in about half the time, and 512-bit vectors), or, for a dynamic whose blocks run
-coordinate-major (8 coordinates or more), with ``CPU_COORDINATE_MAJOR_OPTIONS``.
+coordinate-major (``ensemble.coordinate_major_dim()``: 8 coordinates or more on a CPU), with
+``CPU_COORDINATE_MAJOR_OPTIONS``.
 
 With a device mesh (``sgdyn.sharding``) every device runs its own queue (a contiguous range of
 particle ids) and its own slots in its own while loop, and packs its own stragglers.
@@ -64,8 +65,8 @@ _FIRST_TIER_SPENT: dict = {}  # shape -> particle-steps this process has run in 
 # functions (rsqrt, cbrt, tan, atan, asinh) may round differently in the last bit. An XLA that
 # does not know an option compiles with its defaults.
 CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_cpu_prefer_vector_width": 512}
-# Except for dynamics whose blocks run coordinate-major (ensemble._Layout, 8 coordinates and
-# more): under the older emitters their exit test redid the step in each of its passes, and
+# Except for dynamics whose blocks run coordinate-major (ensemble._Layout, from 8 coordinates
+# on a CPU): under the older emitters their exit test redid the step in each of its passes, and
 # 8-D to 32-D exit runs ran 2.6-6.8x slower than with XLA's default emitters (which compile
 # them in about the same time). A dynamic always gets the same options, on every path.
 CPU_COORDINATE_MAJOR_OPTIONS = {"xla_cpu_prefer_vector_width": 512}

@@ -145,6 +145,22 @@ def test_coordinate_major_blocks_step_the_same_particles(monkeypatch, d, radius,
     np.testing.assert_array_equal(small.x, cs.x[:, :64])
 
 
+def test_the_layout_threshold_is_the_default_devices_platforms():
+    """The engine picks the layout when it traces, from the platform it will run on by
+    default: jax.default_device where one is set, else the default backend."""
+    from sgdyn import ensemble
+
+    table = ensemble.COORDINATE_MAJOR_DIM
+    assert ensemble.coordinate_major_dim() == table[jax.default_backend()]
+    with jax.default_device("gpu"):  # a platform name: nothing runs, nothing is looked up
+        assert ensemble.coordinate_major_dim() == table["gpu"]
+    with jax.default_device(jax.devices("cpu")[0]):
+        assert ensemble.coordinate_major_dim() == table["cpu"]
+    for name in ("cuda", "rocm"):
+        assert ensemble.coordinate_major_dim(name) == table["gpu"]
+    assert ensemble.coordinate_major_dim("tpu") == table["cpu"]  # unmeasured: the CPU's
+
+
 @pytest.mark.parametrize("d, layout_of", [(8, "cpu"), (13, "cpu"), (32, "cpu"), (3, "gpu"),
                                          (7, "gpu")])
 def test_coordinate_major_samples_have_the_exact_stationary_variance(monkeypatch, d, layout_of):
