@@ -125,10 +125,6 @@ class _Layout(NamedTuple):
         words = any(kind == "word" for kind, _ in dynamic.noise_spec.parts)
         return _Layout(dynamic.dim >= coordinate_major_dim() and not words)
 
-    @property
-    def axis(self) -> int:  # the particles' axis of a state
-        return 1 if self.coordinate_major else 0
-
     def inside(self, x):  # (N, d) -> the layout's
         return x.T if self.coordinate_major else x
 
