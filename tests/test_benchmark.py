@@ -50,6 +50,10 @@ def test_quick_benchmark_runs_and_every_estimate_is_accurate(tmp_path):
                                         "diffrax_vmap_virtual", "diffrax_ensemble"}
     for r in res["exit"]:
         assert r["accurate"], r  # within the quick tolerance of the exact mean exit time
+        # a warm estimate per round for every compiled tool, each judged; NumPy's one timing
+        rounds = 0 if r["tool"] == "numpy" else 1
+        assert len(r["warm_runs"]) == len(r["warm_checks"]) == rounds, r
+        assert all(w["accurate"] for w in r["warm_checks"]), r
     for r in res["sweep"]["rows"]:
         assert r["accurate"], r
     # the first-call probe: one process per tool, every estimate judged
