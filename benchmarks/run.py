@@ -228,9 +228,10 @@ def exit_tools(problem, dt, n):
 def run_exit(cfg):
     """Cold time (first call: compilation included, what a user waits for one estimate) and
     warm time (later estimates with new seeds: compiled code reused), the median of
-    ``warm_rounds`` rounds that call every tool in turn, so that a drift of the shared machine's
-    speed (up to 2x within an hour on the VM) reaches every tool alike. Every estimate is
-    checked against the exact value."""
+    ``warm_rounds`` rounds that call every compiled tool in turn, so that a drift of the shared
+    machine's speed (up to 2x within an hour on the VM) reaches them alike (NumPy compiles
+    nothing: its warm time is its one timing, from the first pass). Every estimate is checked
+    against the exact value."""
     rows = []
     rounds = cfg.get("warm_rounds", 3)
     for p in (PLD1, LANGEVIN1):

@@ -8,8 +8,10 @@ Each Threefry call yields 64 bits; ``NoiseSpec`` says how a dynamic's step consu
 
     "normal"       32 bits -> N(0, 1): a Threefry call's two words (a, b) give the pair
                             R cos(theta), R sin(theta), R = sqrt(-2 ln U(a)), theta = 2 pi U(b),
-                            U a 23-bit uniform (Box-Muller; |z| < 5.77); by the inverse CDF of
-                            U (|z| < 5.3) where a word's partner feeds another kind of value
+                            U a 23-bit uniform (Box-Muller; |z| < 5.77); every normal of a step
+                            whose spec lets a normal share its call with another kind of value
+                            (a bridge-corrected step's uniform) is the inverse CDF of U(its own
+                            word) instead (|z| < 5.3)
     "uniform"      32 bits -> U(0, 1), 23-bit resolution, never 0 or 1
     "word"         32 bits, raw uint32 (e.g. minibatch indices as word mod n; bias < n / 2^32)
     "two_point"     1 bit  -> +-1 with probability 1/2 each (weak order-1 increments)
@@ -18,8 +20,9 @@ Each Threefry call yields 64 bits; ``NoiseSpec`` says how a dynamic's step consu
                             (the ideal +-sqrt(3) w.p. 1/6 needs p = 1/6, not a multiple of 2^-16)
 
 Cheap increments pack many steps into one Threefry call: a 1-D two-point walk gets 64 steps per
-call, a three-point one 4, a Gaussian one 2. Values never share bits: a part of width w starts
-at a multiple of w, so a 32-bit part starts on a new word.
+call, a three-point one 4, a Gaussian one 2. Values never share bits (except the two normals of
+a Box-Muller pair, which both read their call's two words): a part of width w starts at a
+multiple of w, so a 32-bit part starts on a new word.
 """
 
 from __future__ import annotations
@@ -183,8 +186,9 @@ def _fields(words, bit, width: int, count: int):
 
 
 # sin(x) / x and cos(x) on [0, pi/2] as polynomials in x^2, fitted minimax here (errors 3e-9
-# and 2e-10, below float32's resolution): XLA's CPU sin and cos are scalar library calls, a
-# quarter of the speed of the inverse CDF they would replace
+# and 2e-10, below float32's resolution; under x64 they bound the accuracy, far below the
+# angle's 23-bit grid of 7.5e-7): XLA's CPU sin and cos are scalar library calls, a quarter of
+# the speed of the inverse CDF they would replace
 _SIN = (0.9999999765900124, -0.1666664763468945, 0.008332899823906784,
         -0.00019800897786241556, 2.5904885333771777e-06)
 _COS = (0.9999999997809075, -0.49999999358681324, 0.041666636262814756,
@@ -217,7 +221,8 @@ def box_muller(a, b, sine: bool):
 def _paired(spec: NoiseSpec) -> bool:
     """Whether the normals of ``spec`` come in Box-Muller pairs: yes unless some normal's
     partner word (the other word of its Threefry call) feeds another kind of value, as a
-    bridge-corrected step's uniform does; the pair's sine would then share its angle."""
+    bridge-corrected step's uniform does, which would then be a function of that normal's
+    angle (or radius) word. One answer for the whole spec."""
     steps, calls = plan(spec)
     offsets, step_bits = spec.offsets()
     kinds = [set() for _ in range(2 * calls)]

@@ -219,17 +219,22 @@ def test_noise_values_never_share_bits(parts):
 
 
 @pytest.mark.parametrize("parts", [(("three_point", 9),), (("three_point", 2), ("uniform", 1)),
-                                   (("two_point", 10), ("uniform", 1)), (("three_point", 31),)])
+                                   (("two_point", 10), ("uniform", 1)), (("three_point", 31),),
+                                   (("normal", 1),), (("normal", 3),), (("normal", 100),)])
 def test_fields_of_a_known_step_are_those_of_a_traced_one(parts):
-    """rng.take reads the fields of an unrolled step (its bit known when traced) row by row,
-    and those of a looped step with a gather: the same values either way."""
+    """rng.take reads the values of an unrolled step (its bit known when traced) by slices, and
+    those of a looped step with a gather (and, for Box-Muller normals, a select between sine
+    and cosine): the same values either way, both compiled (an eager call rounds the normals'
+    arithmetic differently, by about 1e-7)."""
     spec = rng.NoiseSpec(parts)
     steps, calls = rng.plan(spec)
     words = rng.threefry_words(jax.random.key(2), jnp.arange(640, dtype=jnp.uint32), 3, calls)
-    traced = jax.jit(lambda s: rng.take(words, s, spec))
+    traced = jax.jit(lambda w, s: rng.take(w, s, spec))
     for s in range(steps):
-        for known, looped in zip(rng.take(words, s, spec), traced(jnp.int32(s))):
-            np.testing.assert_array_equal(known, looped)
+        # the words as an argument: closed over, XLA would fold the constants at compile time
+        known = jax.jit(lambda w: rng.take(w, s, spec))(words)
+        for k, looped in zip(known, traced(words, jnp.int32(s))):
+            np.testing.assert_array_equal(k, looped)
 
 
 def test_three_point_increments_have_gaussian_moments():
@@ -283,16 +288,23 @@ def test_gaussian_increments_are_independent_standard_normals(parts):
         assert abs(np.corrcoef(cos**2, sin**2)[0, 1]) < z / math.sqrt(n)
 
 
-def test_a_normal_sharing_its_call_with_a_uniform_comes_from_the_inverse_cdf():
-    """A bridge-corrected Gaussian step draws its uniform from its normal's partner word: a
-    Box-Muller pair would tie the uniform to the normal's angle, so that normal is the
-    inverse CDF of its own word."""
-    spec = rng.NoiseSpec((("normal", 1), ("uniform", 1)))
+@pytest.mark.parametrize("parts", [(("normal", 1), ("uniform", 1)), (("uniform", 1), ("normal", 1)),
+                                   (("normal", 2), ("uniform", 1)), (("normal", 3), ("uniform", 1)),
+                                   (("normal", 100), ("uniform", 1))])
+def test_normals_sharing_a_call_with_a_uniform_come_from_the_inverse_cdf(parts):
+    """A bridge-corrected Gaussian step draws its uniform from a word whose partner (the other
+    word of its Threefry call) is a normal's: a Box-Muller pair would tie the uniform to that
+    normal, so every normal of such a step is the inverse CDF of its own word, the uniform
+    read from its own."""
+    spec = rng.NoiseSpec(parts)
     assert not rng._paired(spec)
-    words = rng.threefry_words(jax.random.key(0), jnp.arange(4096, dtype=jnp.uint32), 0, 1)
-    normal, uniform = rng.take(words, 0, spec)
-    np.testing.assert_array_equal(normal, rng._decode("normal", words[:1]))
-    np.testing.assert_array_equal(uniform, rng._decode("uniform", words[1:]))
+    steps, calls = rng.plan(spec)
+    words = rng.threefry_words(jax.random.key(0), jnp.arange(4096, dtype=jnp.uint32), 0, calls)
+    offsets, step_bits = spec.offsets()
+    for s in range(steps):
+        for (kind, count), offset, got in zip(parts, offsets, rng.take(words, s, spec)):
+            row = (s * step_bits + offset) // 32
+            np.testing.assert_array_equal(got, rng._decode(kind, words[row:row + count]))
 
 
 @pytest.mark.parametrize("calls", [5, 50, 64, 512])  # 9-D Gaussian ... SGD with batch 1024
