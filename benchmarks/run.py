@@ -200,8 +200,8 @@ def exit_tools(problem, dt, n):
     mean (a user who knows the answer's scale; the censoring-aware estimator handles the
     rest), sgdyn runs until every particle has left (the slots are refilled and the
     stragglers packed, so that is cheap). sgdyn three-point also runs with 2048 slots: too
-    few to pack, so its program holds one loop; on a CPU the default starts that way too (the
-    runner's first tier) and should match it. Each callable compiles on its first call only."""
+    few to pack, so its program holds one loop, as the runner's first tier on a CPU does over
+    4096 slots (over 2048 until 2026-11-27). Each callable compiles on its first call only."""
     exact = problem.exact
     t_alt = 3 * exact
     region = sg.Threshold(problem.exit_point)

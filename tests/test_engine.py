@@ -724,6 +724,28 @@ def test_repeated_short_runs_use_up_the_first_tier_then_start_on_the_full_array(
     assert np.array_equal(one.record.time, again.record.time)
 
 
+@first_tier_path
+def test_a_run_that_packs_below_the_default_floor_starts_on_the_full_array(monkeypatch):
+    """The first tier finishes its stragglers in its own FIRST_TIER_SLOTS slots: a long run
+    (t_max of 2^17 steps or more: floor 256) or one given a floor below MIN_BUCKET, whose
+    stragglers should be packed smaller, starts on the full array; at the default floor a
+    short run starts in the tier. The record is the same either way."""
+    from sgdyn import runner
+
+    dyn = sg.EulerMaruyama.make(OU, 0.01)
+    args = (dyn, sg.Interval.make(-R, R), [0.0], 6000)
+    monkeypatch.setattr(runner, "_FIRST_TIER_SPENT", {})
+    tier_calls, _ = _watch_paths(monkeypatch)
+    long = sg.measure_exit_times(jax.random.key(1), *args, 2**17 * 0.01)
+    floor = sg.measure_exit_times(jax.random.key(1), *args, 2.0, min_bucket=1024)
+    assert len(tier_calls) == 0
+    short = sg.measure_exit_times(jax.random.key(1), *args, 2.0, min_bucket=runner.MIN_BUCKET)
+    assert len(tier_calls) == 1
+    assert np.array_equal(floor.record.time, short.record.time)
+    first = short.record.escaped  # before t = 2: the same exits in the longer run
+    assert np.array_equal(long.record.time[first], short.record.time[first])
+
+
 def test_a_budgeted_loop_cut_short_continues_where_it_stopped():
     from sgdyn import ensemble, runner
 
