@@ -104,9 +104,10 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
     CPU into ever smaller arrays of no fewer than ``min_bucket`` slots, by default 2048, or
     256 / 32 for runs of 2^17 / 2^21 steps and more; on an accelerator once);
     the record is identical for every chunk size, slot count and device count.
-    On a CPU a run starts in one loop over 2048 slots, which compiles in about half the
+    On a CPU a run starts in one loop over 4096 slots, which compiles in about half the
     time, and moves to the full array only once it proves long (``sgdyn.runner``, first tier;
-    not when ``n_slots`` is given).
+    not when ``n_slots`` is given, nor for a run whose stragglers would be packed below 2048
+    slots: a long run or a smaller ``min_bucket``).
     A particle with a coordinate past ``divergence_bound`` (or NaN/inf) is diverged, counted
     apart and left out of the estimate: raise it for a region that reaches further.
     With ``checkpoint`` (a folder or ``sgdyn.checkpoint.Checkpoint``) every finished chunk is

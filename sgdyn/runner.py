@@ -18,9 +18,10 @@ So a run that would pack starts in a first tier: one loop over ``FIRST_TIER_SLOT
 allowed ``FIRST_TIER_WORK`` particle-steps (about the work at which the full program's extra
 compilation pays for itself here: a second or so). A run that finishes there is done; one
 that has only stragglers left finishes there too; one still drawing on its queue moves its
-slots and queue into the full array and goes on with the full program. A long run, whose
-floor (``min_bucket``) is below ``MIN_BUCKET``, starts on the full array: its stragglers
-should be packed below the first tier's size. The allowance is per
+slots and queue into the full array and goes on with the full program. A run whose
+stragglers would be packed below ``MIN_BUCKET`` slots (a long run, or a smaller
+``min_bucket``) starts on the full array, as the tier would finish them in its own slots. The
+allowance is per
 shape and process: repeated short runs of one shape use it up, and then, like every run
 after one that moved, start on the full array; a sweep starts there at once. Particles keep
 their ids and ages, so the record is the same whichever way it went. On a CPU every program
@@ -276,8 +277,7 @@ def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction
     # a run whose stragglers would be packed below MIN_BUCKET (a long one) skips the tier,
     # which finishes its stragglers in its own array
     if (first_tier and on_cpu and mesh is None and n_slots is None and pack_into
-            and min(pack_sizes(small, min_bucket), default=MIN_BUCKET) >= MIN_BUCKET
-            and spent < FIRST_TIER_WORK):
+            and min(pack_into) >= MIN_BUCKET and spent < FIRST_TIER_WORK):
         outcomes, work = _first_tier(args, options, _fresh_state(lay, x0, first, n, small),
                                      FIRST_TIER_WORK - spent, advance, per_dev,
                                      coordinate_major)

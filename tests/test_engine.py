@@ -727,9 +727,9 @@ def test_repeated_short_runs_use_up_the_first_tier_then_start_on_the_full_array(
 @first_tier_path
 def test_a_run_that_packs_below_the_default_floor_starts_on_the_full_array(monkeypatch):
     """The first tier finishes its stragglers in its own FIRST_TIER_SLOTS slots: a long run
-    (t_max of 2^17 steps or more: floor 256) or one given a floor below MIN_BUCKET, whose
-    stragglers should be packed smaller, starts on the full array; at the default floor a
-    short run starts in the tier. The record is the same either way."""
+    (t_max of 2^17 steps or more: floor 256) or one whose floor would pack its stragglers
+    below MIN_BUCKET starts on the full array; at the default floor a short run starts in the
+    tier, as does one whose smaller floor its arrays never reach. Same records either way."""
     from sgdyn import runner
 
     dyn = sg.EulerMaruyama.make(OU, 0.01)
@@ -741,6 +741,10 @@ def test_a_run_that_packs_below_the_default_floor_starts_on_the_full_array(monke
     assert len(tier_calls) == 0
     short = sg.measure_exit_times(jax.random.key(1), *args, 2.0, min_bucket=runner.MIN_BUCKET)
     assert len(tier_calls) == 1
+    # a smaller floor that the run's arrays never reach (20,000 particles pack into 2048 and
+    # stop there) keeps the tier, as the full program is the default's
+    sg.measure_exit_times(jax.random.key(1), dyn, args[1], [0.0], 20000, 2.0, min_bucket=1500)
+    assert len(tier_calls) == 2
     assert np.array_equal(floor.record.time, short.record.time)
     first = short.record.escaped  # before t = 2: the same exits in the longer run
     assert np.array_equal(long.record.time[first], short.record.time[first])
