@@ -19,6 +19,7 @@ benchmark turns into an estimate with the same censoring-aware estimator for eve
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -125,57 +126,67 @@ def diffrax_vmap_solver(problem, n_particles, dt, t_max, *, event=True, brownian
     return run
 
 
-def diffrax_ensemble_solver(problem, n_particles, dt, t_max, *, exits=True):
-    """One diffeqsolve for the whole ensemble: state (x, tau), diagonal noise, fixed steps,
-    UnsafeBrownianPath. Returns f(key) -> (time, escaped) (or the final x if ``exits=False``)."""
+def _ensemble_exits(problem, r, t1, n, d, dt, max_steps, key):
+    """The ensemble's exit solve: state (x, tau) for n particles in d dimensions, x frozen and
+    tau stopped once x_0 >= r, diagonal noise on x, fixed Euler steps to t1 (or until every
+    particle has left), UnsafeBrownianPath. ``problem`` (its drift and noise), ``r`` and ``t1``
+    may be traced. Returns (time, escaped): tau where escaped, t1 otherwise."""
     diffrax, lineax = _diffrax()
-    r = problem.exit_point
-    n, d = n_particles, problem.dim
-    n_steps = int(math.ceil(t_max / dt - 1e-9))
-    t1 = n_steps * dt
     dtype = _dtype()
     flat = jax.ShapeDtypeStruct((n * d,), dtype)
 
-    if not exits:
-        def drift(t, y, args):
-            return problem.drift(y.reshape(n, d), jnp).reshape(-1)
+    def inside(y):
+        return (y[0].reshape(n, d)[:, 0] < r).astype(dtype)
 
-        def diffusion(t, y, args):
-            g = problem.noise(y.reshape(n, d), jnp)
-            return lineax.DiagonalLinearOperator(jnp.broadcast_to(g, (n, d)).reshape(-1))
+    def drift(t, y, args):
+        a = inside(y)
+        mu = problem.drift(y[0].reshape(n, d), jnp) * a[:, None]
+        return mu.reshape(-1), a
 
-        y0 = jnp.zeros(n * d, dtype)
-    else:
-        def inside(y):
-            return (y[0].reshape(n, d)[:, 0] < r).astype(dtype)
+    def diffusion(t, y, args):
+        g = (problem.noise(y[0].reshape(n, d), jnp) * inside(y)[:, None])
+        g = jnp.broadcast_to(g, (n, d)).reshape(-1)
+        # diagonal noise on x, none on tau: a linear map from the (n*d,) Brownian increment
+        return lineax.FunctionLinearOperator(lambda dw: (g * dw, jnp.zeros(n, dtype)), flat)
 
-        def drift(t, y, args):
-            a = inside(y)
-            mu = problem.drift(y[0].reshape(n, d), jnp) * a[:, None]
-            return mu.reshape(-1), a
+    bm = diffrax.UnsafeBrownianPath(shape=(n * d,), key=key)
+    terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, bm))
+    ev = diffrax.Event(lambda t, y, args, **kw: jnp.all(y[0].reshape(n, d)[:, 0] >= r))
+    sol = diffrax.diffeqsolve(terms, diffrax.Euler(), 0.0, t1, dt0=dt,
+                              y0=(jnp.zeros(n * d, dtype), jnp.zeros(n, dtype)),
+                              saveat=diffrax.SaveAt(t1=True), max_steps=max_steps,
+                              event=ev, adjoint=diffrax.ForwardMode())
+    x, tau = sol.ys[0][-1], sol.ys[1][-1]
+    escaped = x.reshape(n, d)[:, 0] >= r
+    return jnp.where(escaped, tau, t1), escaped
 
-        def diffusion(t, y, args):
-            g = (problem.noise(y[0].reshape(n, d), jnp) * inside(y)[:, None])
-            g = jnp.broadcast_to(g, (n, d)).reshape(-1)
-            # diagonal noise on x, none on tau: a linear map from the (n*d,) Brownian increment
-            return lineax.FunctionLinearOperator(lambda dw: (g * dw, jnp.zeros(n, dtype)), flat)
 
-        y0 = (jnp.zeros(n * d, dtype), jnp.zeros(n, dtype))
+def diffrax_ensemble_solver(problem, n_particles, dt, t_max, *, exits=True):
+    """One diffeqsolve for the whole ensemble: state (x, tau), diagonal noise, fixed steps,
+    UnsafeBrownianPath. Returns f(key) -> (time, escaped) (or the final x if ``exits=False``)."""
+    n, d = n_particles, problem.dim
+    n_steps = int(math.ceil(t_max / dt - 1e-9))
+    t1 = n_steps * dt
+    if exits:
+        return jax.jit(functools.partial(_ensemble_exits, problem, problem.exit_point, t1, n, d,
+                                         dt, n_steps + 2))
+    diffrax, lineax = _diffrax()
+
+    def drift(t, y, args):
+        return problem.drift(y.reshape(n, d), jnp).reshape(-1)
+
+    def diffusion(t, y, args):
+        g = problem.noise(y.reshape(n, d), jnp)
+        return lineax.DiagonalLinearOperator(jnp.broadcast_to(g, (n, d)).reshape(-1))
 
     @jax.jit
     def run(key):
         bm = diffrax.UnsafeBrownianPath(shape=(n * d,), key=key)
         terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, bm))
-        ev = (diffrax.Event(lambda t, y, args, **kw: jnp.all(y[0].reshape(n, d)[:, 0] >= r))
-              if exits else None)
-        sol = diffrax.diffeqsolve(terms, diffrax.Euler(), 0.0, t1, dt0=dt, y0=y0,
-                                  saveat=diffrax.SaveAt(t1=True), max_steps=n_steps + 2,
-                                  event=ev, adjoint=diffrax.ForwardMode())
-        if not exits:
-            return sol.ys[-1]
-        x, tau = sol.ys[0][-1], sol.ys[1][-1]
-        escaped = x.reshape(n, d)[:, 0] >= r
-        return jnp.where(escaped, tau, t1), escaped
+        sol = diffrax.diffeqsolve(terms, diffrax.Euler(), 0.0, t1, dt0=dt,
+                                  y0=jnp.zeros(n * d, _dtype()), saveat=diffrax.SaveAt(t1=True),
+                                  max_steps=n_steps + 2, adjoint=diffrax.ForwardMode())
+        return sol.ys[-1]
 
     return run
 
@@ -184,38 +195,14 @@ def diffrax_ensemble_sweep_solver(problems, n_particles, dt, t_max):
     """``diffrax_ensemble_solver`` for a sweep: one compiled solve whose parameters (h,
     sigma_g, sigma_h, exit point, t1) are traced, called once per problem (the problems
     differ only in their parameters). Returns f(key) -> [(time, escaped), ...]."""
-    diffrax, lineax = _diffrax()
-    base, n = problems[0], n_particles
-    dtype = _dtype()
+    base = problems[0]
     t1s = [math.ceil(t / dt - 1e-9) * dt for t in t_max]
-    n_steps = int(round(max(t1s) / dt))
-    flat = jax.ShapeDtypeStruct((n,), dtype)
+    max_steps = int(round(max(t1s) / dt)) + 2
 
     @jax.jit
     def run(key, h, s_g, s_h, r, t1):
-        p = _Traced(base, h, s_g, s_h)
-
-        def inside(y):
-            return (y[0] < r).astype(dtype)
-
-        def drift(t, y, args):
-            a = inside(y)
-            return p.drift(y[0], jnp) * a, a
-
-        def diffusion(t, y, args):
-            g = p.noise(y[0], jnp) * inside(y)
-            return lineax.FunctionLinearOperator(lambda dw: (g * dw, jnp.zeros(n, dtype)), flat)
-
-        bm = diffrax.UnsafeBrownianPath(shape=(n,), key=key)
-        terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, bm))
-        ev = diffrax.Event(lambda t, y, args, **kw: jnp.all(y[0] >= r))
-        sol = diffrax.diffeqsolve(terms, diffrax.Euler(), 0.0, t1, dt0=dt,
-                                  y0=(jnp.zeros(n, dtype), jnp.zeros(n, dtype)),
-                                  saveat=diffrax.SaveAt(t1=True), max_steps=n_steps + 2,
-                                  event=ev, adjoint=diffrax.ForwardMode())
-        x, tau = sol.ys[0][-1], sol.ys[1][-1]
-        escaped = x >= r
-        return jnp.where(escaped, tau, t1), escaped
+        return _ensemble_exits(_Traced(base, h, s_g, s_h), r, t1, n_particles, 1, dt, max_steps,
+                               key)
 
     def solve_all(key):
         return [jax.device_get(run(key, p.h, p.sigma_g, p.sigma_h, p.exit_point, t1))
