@@ -90,8 +90,9 @@ def _records(time, escaped, *others):
     """``time``, ``escaped`` and further masks (each None or like ``escaped``) as float and
     bool arrays of one 1-D shape, or a ValueError naming the argument."""
     time = np.asarray(time, float)
-    if time.ndim != 1:
-        raise ValueError(f"time must be 1-D (one entry per particle), got shape {time.shape}")
+    if time.ndim != 1 or time.size == 0:
+        raise ValueError(f"time must be 1-D with one entry per particle, at least one, got "
+                         f"shape {time.shape}")
     masks = []
     for name, mask in (("escaped", escaped),) + others:
         if mask is None:
@@ -129,6 +130,17 @@ def grid_step(dt) -> float:
     return float(_checks.positive("dt", dt))
 
 
+def _on_grid(t, dt: float) -> None:
+    """A ValueError naming dt unless the times are whole multiples of it (to a float32 product's
+    rounding: 1e-6 of the step count, and 1e-3 of a step)."""
+    steps = t / dt
+    off = np.abs(steps - np.rint(steps)) > 1e-3 + 1e-6 * steps
+    if off.any():
+        raise ValueError(f"dt = {dt:.6g} is not the step of the times' grid: {int(off.sum())} of "
+                         f"{t.size} times are not multiples of it (e.g. {t[off][:3].tolist()}); "
+                         f"pass the dt the records were made with, or none")
+
+
 def constant_rate_test(time, escaped, start: float, end: float, dt: float | None = None
                        ) -> tuple[float, float, float]:
     """(rate in the first half, rate in the second half, p-value) of exits in (start, end].
@@ -158,6 +170,7 @@ def constant_rate_test(time, escaped, start: float, end: float, dt: float | None
     else:  # in steps: an end within 1e-3 steps above a grid point is on it (past ~1.7e4
         # float32 steps, t_max / dt may fall a step lower: a window a step shorter, still sound)
         unit = grid_step(dt)
+        _on_grid(time, unit)
         u = np.rint(time / unit)
         lo, hi = (math.floor(x / unit + 1e-3) for x in (start, end))
         mid = lo + (hi - lo) // 2
@@ -219,6 +232,9 @@ def exit_time_estimate(time, escaped, censored=None, diverged=None, confidence=0
     censored = (~escaped & ~diverged) if censored is None else censored
     if np.any(escaped & censored) or np.any(diverged & (escaped | censored)):
         raise ValueError("escaped, censored and diverged must not overlap: a particle is one")
+    if not np.all(escaped | censored | diverged):  # left out, it would bias the mean low
+        raise ValueError(f"every particle must be escaped, censored or diverged: "
+                         f"{int(np.sum(~(escaped | censored | diverged)))} are none of them")
     use = escaped | censored  # diverged particles take no part
     t = _times(time, use, "escaped and censored particles")
     esc, cens = escaped[use], censored[use]
@@ -227,6 +243,8 @@ def exit_time_estimate(time, escaped, censored=None, diverged=None, confidence=0
     if m and np.any(t[esc] > t_max):
         raise ValueError(f"an escaped time exceeds the censoring time t_max = {t_max:.6g}: "
                          f"censored particles must be censored at t_max, after every escape")
+    if dt is not None:
+        _on_grid(t, dt)
     naive = float(t[esc].mean()) if k else math.nan
     alpha = 1 - confidence
 

@@ -188,8 +188,13 @@ def sweep_exit_times(key, dynamics, regions, x0, n_particles: int, t_max, *, cor
     ``n_slots``, ``min_bucket``).
     ``vectorized=True`` runs all members in one compiled vmapped call
     instead, every member until its slowest particle is done (no refilling: several times
-    slower on a CPU, same numbers up to float rounding).
+    slower on a CPU, same numbers up to float rounding); it has no slots, so it takes no
+    ``n_slots`` or ``min_bucket``.
     """
+    check_options(n_slots, min_bucket)
+    if vectorized and (n_slots is not None or min_bucket is not None):
+        raise ValueError("n_slots and min_bucket set the refilling runner's arrays: "
+                         "vectorized=True runs without them (leave them None)")
     dynamics = list(dynamics)
     m = len(dynamics)
     if m == 0:

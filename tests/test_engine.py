@@ -989,6 +989,13 @@ def test_divergent_samples_are_flagged_and_nan_from_then_on(increments):
                                        sg.Interval.make(-1, 1), [0.0], 10, np.array([1.0, 2.0])),
          "t_max"),
         (lambda: _small_run(ticks_per_block=2.7), "ticks_per_block"),
+        # the vectorized sweep has no slots: a slot count was once ignored, even a negative one
+        (lambda: sg.sweep_exit_times(jax.random.key(0), [sg.EulerMaruyama.make(OU)] * 2,
+                                     sg.Interval.make(-1, 1), [0.0], 10, 1.0, vectorized=True,
+                                     n_slots=-1), "n_slots"),
+        (lambda: sg.sweep_exit_times(jax.random.key(0), [sg.EulerMaruyama.make(OU)] * 2,
+                                     sg.Interval.make(-1, 1), [0.0], 10, 1.0, vectorized=True,
+                                     min_bucket=64), "min_bucket"),
         # the built-in regions must have the dynamic's dimension (an Interval read x[0] only)
         (lambda: sg.measure_exit_times(jax.random.key(0), _OU2, sg.Interval.make(-1, 1),
                                        [0.0, 0.0], 10, 1.0), "region"),

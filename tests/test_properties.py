@@ -92,7 +92,12 @@ def test_records_that_cannot_be_right_are_refused_naming_the_argument():
             (dict(censored=np.ones(3, bool)), "must not overlap"),
             (dict(diverged=[True, False, False]), "must not overlap"),
             (dict(time=[1.0, 4.0, 3.0]), "exceeds the censoring time"),
-            (dict(min_tail_events=0), "min_tail_events")):
+            (dict(min_tail_events=0), "min_tail_events"),
+            (dict(time=[], escaped=[]), "at least one"),
+            # a particle in no class was once left out silently (the mean came out low)
+            (dict(censored=np.zeros(3, bool)), "escaped, censored or diverged"),
+            # times that are not on dt's grid: the tail's split would fall elsewhere
+            (dict(dt=0.7), "not the step of the times' grid")):
         args = {"time": t, "escaped": e, **kwargs}
         with pytest.raises(ValueError, match=match):
             sg.exit_time_estimate(args.pop("time"), args.pop("escaped"), **args)
@@ -192,6 +197,12 @@ def test_constant_rate_test_by_hand():
     for bad in (0.0, [0.1, 0.2]):
         with pytest.raises(ValueError, match="dt must be"):
             sg.exit_time_estimate([1.0, 2.0], [True, True], dt=bad)
+    with pytest.raises(ValueError, match="not the step"):
+        sg.constant_rate_test([1.2, 1.5, 1.8], [True, True, False], 1.0, 2.0, dt=0.7)
+    # float32 records of k * dt are on the grid, to 2^27 steps and with dt given in float64
+    k = np.array([1, 7, 2**20 + 3, 2**27 - 1])
+    t = (k * np.float32(0.01)).astype(np.float32)
+    assert sg.exit_time_estimate(t, np.ones(4, bool), dt=0.01).n_escaped == 4
 
 
 @pytest.mark.parametrize("n_steps", [100, 34])

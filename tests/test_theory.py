@@ -330,6 +330,36 @@ def test_start_outside_interval_and_bad_boundaries():
         th.mean_exit_time(lambda x: 0 * x, lambda x: 1 + 0 * x, 0.0, 1.0)
 
 
+def test_helpers_refuse_what_they_cannot_compute():
+    ou = (lambda x: -x, lambda x: 0.05 + 0 * x)
+    for bad in (0, -3):  # never refined (0 * 2 = 0): once an unconverged value, silently
+        with pytest.raises(ValueError, match="n_panels"):
+            th.log_mean_exit_time(*ou, 0.0, 1.0, n_panels=bad)
+    with pytest.raises(ValueError, match="max_panels"):
+        th.log_mean_exit_time(*ou, 0.0, 1.0, max_panels=0)
+    for kwargs, name in ((dict(h_min=-2.0), "h_min"), (dict(h_saddle=np.nan), "h_saddle"),
+                         (dict(barrier=0.0), "barrier")):
+        args = {**dict(h_min=1.0, h_saddle=1.0, barrier=1.0, sigma2=1.0), **kwargs}
+        with pytest.raises(ValueError, match=name):
+            th.noise_covariance("hessian", **args)
+    for kwargs, name in ((dict(sigma_g=-10.0), "sigma_g"), (dict(sigma_g=0.0), "sigma_g"),
+                         (dict(barrier=-0.3), "barrier"), (dict(barrier=np.nan), "barrier")):
+        args = dict(h_min=1.0, barrier=1.0, lr=0.1, batch_size=1, sigma_g=1.0, sigma_h=1.0)
+        args.update(kwargs)
+        with pytest.raises(ValueError, match=name):
+            th.pld_formula_range(args.pop("h_min"), args.pop("barrier"), **args)
+    # Kramers' formula past float64: a clear error, and its log
+    with pytest.raises(OverflowError, match="log=True"):
+        th.kramers_time(1.0, 1.0, 1000.0, 1.0)
+    assert th.kramers_time(1.0, 1.0, 1000.0, 1.0, log=True) == pytest.approx(
+        1000.0 + math.log(2 * math.pi))
+    assert math.log(th.kramers_time(2.0, 3.0, 5.0, 1.0)) == pytest.approx(
+        th.kramers_time(2.0, 3.0, 5.0, 1.0, log=True), rel=1e-14)
+    assert th.langevin_escape_time(1.0, 1.0, 1.0, lr=0.1, batch_size=1, sigma2=1.0,
+                                   log=True) == pytest.approx(
+        math.log(th.langevin_escape_time(1.0, 1.0, 1.0, lr=0.1, batch_size=1, sigma2=1.0)))
+
+
 def test_asymptotic_formulas_warn_outside_their_range():
     with pytest.warns(RuntimeWarning, match="kappa"):
         th.pld_escape_time(1, 1, 0.5, lr=0.1, batch_size=1, sigma_g=1, sigma_h=5.0)

@@ -12,9 +12,10 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from sgdyn.train import (MLP, CNN1D, Dataset, add_fisher_noise, init_params, load_dataset,
-                         load_npz, make_model, mean_loss, mnist1d, per_example_grads,
-                         power_iteration, teacher_student, top_hessian_eigenvalue, train)
+from sgdyn.train import (MLP, CNN1D, Dataset, add_fisher_noise, init_params,
+                         lanczos_top_eigenvalue, load_dataset, load_npz, make_model, mean_loss,
+                         mnist1d, per_example_grads, power_iteration, teacher_student,
+                         top_hessian_eigenvalue, train)
 from sgdyn.train import loop, shuffle
 
 DATA = teacher_student(192, 64, dim=8, num_classes=4, teacher_width=16, seed=3)
@@ -240,6 +241,21 @@ def test_bad_arguments_name_the_argument():
                         num_classes=DATA.num_classes)  # labels 1..4 for 4 classes
     with pytest.raises(ValueError, match="data.y_train"):  # else a NaN loss, "diverged"
         train(MODEL, one_based, sgd, lr=0.1, batch_size=32, epochs=1)
+    # a Dataset built directly is checked as the constructors check theirs: else a NaN input
+    # reads as divergence and a short y_train is indexed past its end without a word
+    nan_x = DATA.x_train.copy()
+    nan_x[5, 2] = np.nan
+    for data, name in ((Dataset(nan_x, DATA.y_train, DATA.x_test, DATA.y_test, 4), "x_train"),
+                       (Dataset(DATA.x_train, DATA.y_train[:100], DATA.x_test, DATA.y_test, 4),
+                        "y_train"),
+                       (Dataset(DATA.x_train, DATA.y_train, DATA.x_test[:10], DATA.y_test, 4),
+                        "y_test"),
+                       (Dataset(DATA.x_train, DATA.y_train, DATA.x_test[:, :5], DATA.y_test, 4),
+                        "x_test")):
+        with pytest.raises(ValueError, match=f"data.{name}"):
+            train(MODEL, data, sgd, lr=0.1, batch_size=32, epochs=1)
+    with pytest.raises(ValueError, match="seeds"):
+        init_params(MODEL, [-1], DATA.x_train)  # would wrap to seed 2^32 - 1
     with pytest.raises(ValueError, match="model"):
         make_model("resnet", 10)
     with pytest.raises(ValueError, match="dataset"):
@@ -262,6 +278,53 @@ def test_lanczos_matches_the_exact_hessian(steps):
                                                           p, k, num_iters=steps))(params, kv)
     exact = np.linalg.eigvalsh(np.asarray(hess, np.float64))
     assert abs(float(lam) - exact[-1]) <= 1e-5 * abs(exact).max()
+
+
+def _spectrum_operator(eig, seed=0):
+    """A symmetric float32 matrix with eigenvalues ``eig`` (random eigenvectors)."""
+    q = np.linalg.qr(np.random.default_rng(seed).normal(size=(len(eig), len(eig))))[0]
+    return jnp.asarray(q @ np.diag(eig) @ q.T, jnp.float32)
+
+
+@pytest.mark.parametrize("eig", [
+    np.ones(10),                              # isotropic: the Krylov space is 1-D
+    np.r_[2.0, np.zeros(49)],                 # rank one
+    np.r_[3.0, 3.0, 1.0, np.zeros(30)],       # two distinct non-zero values
+    -np.ones(10), -np.ones(3),                # negative definite, isotropic
+    np.r_[-4.0, -1.0, -1.0, -1.0, -0.5],      # negative definite, three distinct values
+])
+def test_lanczos_stops_where_the_krylov_space_is_exhausted(eig):
+    """Fewer distinct eigenvalues than steps: once the space is invariant what is left is
+    rounding, and normalising it into a basis vector once gave values far outside the
+    spectrum (31.5 for the identity, 642 for rank one, 0 for -I in 3-D)."""
+    a = _spectrum_operator(eig)
+    for key in range(3):
+        v0 = jax.random.normal(jax.random.key(key), (len(eig),))
+        lam = jax.jit(lambda v: lanczos_top_eigenvalue(lambda u: a @ u, v, 20))(v0)
+        assert float(lam) == pytest.approx(eig.max(), rel=1e-5, abs=1e-5)
+
+
+def test_sharpness_of_a_low_rank_hessian_in_training():
+    """A linear model on two examples: its Hessian has rank <= 2 (classes - 1 per example),
+    far below the 20 Lanczos steps; train's sharpness must be the exact top eigenvalue."""
+    model = MLP(hidden=(), num_classes=3)
+    data = teacher_student(8, 4, dim=5, num_classes=3, teacher_width=4, seed=1)
+    res = train(model, data, sgd, lr=0.1, batch_size=4, epochs=1, seeds=[0, 1],
+                sharpness_iters=20, sharpness_examples=2)
+    x, y = jnp.asarray(data.x_train[:2]), jnp.asarray(data.y_train[:2])
+    for i in range(2):
+        params = jax.tree.map(lambda p: p[i], res.params)
+        flat, unravel = ravel_pytree(params)
+        with jax.default_matmul_precision("float32"):
+            hess = jax.hessian(lambda v: mean_loss(model, unravel(v), x, y))(flat)
+        exact = np.linalg.eigvalsh(np.asarray(hess, np.float64))[-1]
+        assert float(res.sharpness[i]) == pytest.approx(exact, rel=1e-4)
+
+
+def test_a_zero_start_vector_is_refused():
+    for fn in (lanczos_top_eigenvalue, lambda m, v, k: power_iteration(m, v, k)):
+        with pytest.raises(ValueError, match="v0"):
+            fn(lambda u: u, jnp.zeros(6), 4)
 
 
 def test_top_eigenvalue_when_the_most_negative_one_dominates():

@@ -156,6 +156,8 @@ def log_mean_exit_time(
     if not left <= x0 < right:
         raise ValueError(f"x0 must lie in [left, right) = [{left}, {right}), got {x0!r}")
     _checks.positive("rtol", rtol)
+    _checks.positive_int("n_panels", n_panels)  # 0 would never refine: 0 * 2 = 0
+    _checks.positive_int("max_panels", max_panels)
     inside = [float(p) for p in breakpoints if left < p < right]
     for p in breakpoints:
         _checks.finite("breakpoints", p)

@@ -39,30 +39,47 @@ class Dataset:
         return int(self.x_train.shape[0])
 
 
+def check_dataset(data: Dataset, prefix: str = "data.") -> None:
+    """ValueError naming the array (``prefix`` + its field) unless ``data`` can be trained on:
+    x_* of shape [n, features...] with n >= 1 and finite entries, train and test with the same
+    features; y_* one integer label in [0, num_classes) per row of its x_*. Datasets from this
+    module's constructors pass; one built directly is checked when ``train`` receives it
+    (unchecked, a NaN input or a label past the logits reads as a diverged run, and a short
+    y_train is indexed past its end without a word)."""
+    for split in ("train", "test"):
+        x, y = np.asarray(getattr(data, f"x_{split}")), np.asarray(getattr(data, f"y_{split}"))
+        if x.ndim < 2 or x.shape[0] == 0:
+            raise ValueError(f"{prefix}x_{split} must have shape [n, features...] with n >= 1, "
+                             f"got {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"{prefix}x_{split} must be finite (no NaN or inf)")
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or y.shape[0] != x.shape[0]:
+            raise ValueError(f"{prefix}y_{split} must hold one integer label per row of "
+                             f"{prefix}x_{split} ({x.shape[0]}), got {y.dtype} {y.shape}")
+        if y.size and (y.min() < 0 or y.max() >= data.num_classes):
+            raise ValueError(f"{prefix}y_{split} must hold labels in [0, num_classes="
+                             f"{data.num_classes}), got labels from {y.min()} to {y.max()}")
+    if np.shape(data.x_train)[1:] != np.shape(data.x_test)[1:]:
+        raise ValueError(f"{prefix}x_train and {prefix}x_test must have the same feature shape, "
+                         f"got {np.shape(data.x_train)[1:]} and {np.shape(data.x_test)[1:]}")
+
+
 def _validated(x_train, y_train, x_test, y_test, name, num_classes=None) -> Dataset:
-    arrays = {}
-    for key, value in (("x_train", x_train), ("x_test", x_test)):
-        arr = np.asarray(value, dtype=np.float32)
-        if arr.ndim < 2 or arr.shape[0] == 0:
-            raise ValueError(f"{key} must have shape [n, features...] with n >= 1, got {arr.shape}")
-        _checks.finite(key, arr)
-        arrays[key] = arr
+    x = {k: np.asarray(v, dtype=np.float32) for k, v in (("x_train", x_train), ("x_test", x_test))}
+    y = {}
     for key, value in (("y_train", y_train), ("y_test", y_test)):
         arr = np.asarray(value)
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer) or arr.min(initial=0) < 0:
             raise ValueError(f"{key} must be a 1-D array of integer labels >= 0, "
                              f"got {arr.dtype} {arr.shape}")
-        arrays[key] = arr.astype(np.int32)
-    for split in ("train", "test"):
-        if arrays[f"x_{split}"].shape[0] != arrays[f"y_{split}"].shape[0]:
-            raise ValueError(f"x_{split} and y_{split} must have the same number of rows")
-    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
-        raise ValueError("x_train and x_test must have the same feature shape")
-    k = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
-    num_classes = k if num_classes is None else max(k, num_classes)
-    for arr in arrays.values():
+        y[key] = arr.astype(np.int32)
+    k = int(max(y["y_train"].max(initial=0), y["y_test"].max(initial=0))) + 1
+    data = Dataset(**x, **y, num_classes=k if num_classes is None else max(k, num_classes),
+                   name=name)
+    check_dataset(data, prefix="")
+    for arr in (*x.values(), *y.values()):
         arr.setflags(write=False)  # shared by cache; a caller's in-place edit would leak
-    return Dataset(**arrays, num_classes=num_classes, name=name)
+    return data
 
 
 @functools.lru_cache(maxsize=4)

@@ -35,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from .. import _checks
 from .._tuned_jit import tuned_jit
 from . import models
-from .data import Dataset
+from .data import Dataset, check_dataset
 from .noise import reweighted_loss
 from .sharpness import top_hessian_eigenvalue
 from .shuffle import permutation
@@ -120,9 +120,20 @@ def _param_init(model):
     return tuned_jit(init, INIT_COMPILER_OPTIONS, jax.default_backend())
 
 
+def _checked_seeds(seeds) -> np.ndarray:
+    """``seeds`` as uint32, or a ValueError: each a non-negative integer below 2^32 (larger
+    ones, or negative ones, would wrap onto other seeds)."""
+    seeds = np.atleast_1d(np.asarray(seeds))
+    if (seeds.ndim != 1 or seeds.size == 0 or not np.issubdtype(seeds.dtype, np.integer)
+            or seeds.min() < 0 or seeds.max() >= 2**32):
+        raise ValueError(f"seeds must be a non-empty list of integers in [0, 2^32), "
+                         f"got {seeds.tolist()}")
+    return seeds.astype(np.uint32)
+
+
 def init_params(model, seeds: Sequence[int], x):
     """Initial weights of every seed, stacked on a leading axis (as :func:`train` draws them)."""
-    return _param_init(model)(jnp.asarray(np.asarray(seeds, np.uint32)), jnp.asarray(x[:1]))
+    return _param_init(model)(jnp.asarray(_checked_seeds(seeds)), jnp.asarray(x[:1]))
 
 
 def _optimizer(optimizer_fn, lr, key):
@@ -240,11 +251,7 @@ def _check_args(model, data, optimizer_fn, lr, batch_size, epochs, seeds, loss_w
         raise ValueError(f"batch_size must be <= the number of training examples "
                          f"({data.n_train}), got {batch_size}")
     _checks.positive_int("epochs", epochs)
-    seeds = np.atleast_1d(np.asarray(seeds))
-    if (seeds.ndim != 1 or seeds.size == 0 or not np.issubdtype(seeds.dtype, np.integer)
-            or seeds.min() < 0 or seeds.max() >= 2**32):  # uint32: larger ones would wrap
-        raise ValueError(f"seeds must be a non-empty list of integers in [0, 2^32), "
-                         f"got {seeds.tolist()}")
+    seeds = _checked_seeds(seeds)
     lr = np.asarray(_checks.positive("lr", lr), np.float32)
     if lr.ndim > 1 or (lr.ndim == 1 and lr.shape != seeds.shape):
         raise ValueError(f"lr must be a number or a list of one per seed ({seeds.size}), "
@@ -260,16 +267,12 @@ def _check_args(model, data, optimizer_fn, lr, batch_size, epochs, seeds, loss_w
                          f"got {per_example_grads!r}")
     if sharpness_examples is not None:
         _checks.positive_int("sharpness_examples", sharpness_examples)
-    for name in ("y_train", "y_test"):  # a label past the logits reads as a NaN loss, "diverged"
-        y = np.asarray(getattr(data, name))
-        if y.size and (y.min() < 0 or y.max() >= data.num_classes):
-            raise ValueError(f"data.{name} must hold labels in [0, num_classes="
-                             f"{data.num_classes}), got labels from {y.min()} to {y.max()}")
+    check_dataset(data)
     width = _output_width(model, data.x_train.shape[1:])
     if width != data.num_classes:  # else labels past the logits read as a NaN loss, "diverged"
         raise ValueError(f"model must output one logit per class: {width} logits against "
                          f"data.num_classes={data.num_classes} (set the model's num_classes)")
-    return seeds.astype(np.uint32), np.array(lr)
+    return seeds, np.array(lr)
 
 
 @functools.lru_cache(maxsize=32)
