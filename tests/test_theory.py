@@ -360,6 +360,26 @@ def test_helpers_refuse_what_they_cannot_compute():
         math.log(th.langevin_escape_time(1.0, 1.0, 1.0, lr=0.1, batch_size=1, sigma2=1.0)))
 
 
+def test_a_far_start_is_exact_or_refused_never_silently_wrong():
+    """T(x0) = T(x0 -> a) + T(a) for x0 < a (continuous paths pass a): the reference. Started
+    1e5 well widths away, the panels once missed the well at every count and two wrong answers
+    agreed (log T 5.1 for 9.48); a start that far must raise."""
+    ou = (lambda x: -x, lambda x: 0.05 + 0 * x)
+    for x0 in (-10.0, -100.0):
+        # the flank alone converges to 1e-6 (4e-10 of T from -1: 13,100 against 4.6)
+        ref = math.log(th.mean_exit_time(*ou, x0, -1.0, rtol=1e-6)
+                       + th.mean_exit_time(*ou, -1.0, 1.0))
+        for bp in ([0.5], []):
+            assert th.log_mean_exit_time(*ou, x0, 1.0, breakpoints=bp) == pytest.approx(
+                ref, rel=1e-10)
+    for x0 in (-1e5, -1e8):
+        with pytest.raises(FloatingPointError):
+            th.log_mean_exit_time(*ou, x0, 1.0, breakpoints=[0.5])
+    with pytest.raises(FloatingPointError):
+        th.kramers_exit_time(1, 1, 1, lr=0.1, batch_size=1, noise="langevin", sigma2=1.0,
+                             x0=-1e5, log=True)
+
+
 def test_asymptotic_formulas_warn_outside_their_range():
     with pytest.warns(RuntimeWarning, match="kappa"):
         th.pld_escape_time(1, 1, 0.5, lr=0.1, batch_size=1, sigma_g=1, sigma_h=5.0)

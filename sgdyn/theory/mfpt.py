@@ -145,6 +145,12 @@ def log_mean_exit_time(
         (-r, r) started at 0 with a symmetric problem, use ``left=0``.
       breakpoints: points where drift or diffusion is not smooth (panel edges go there).
       rtol: requested relative accuracy of T (at best ~1e-13 |log T|, float64 round-off).
+      n_panels, max_panels: the first and the largest panel counts (doubled in between).
+
+    A start far out on a steep flank (an OU well of width 0.2 started 1000 widths away) asks
+    for panels narrower than the flank's diffusion length D/|mu| all the way: a
+    FloatingPointError then says the quadrature did not converge; no panel from x0 on is
+    left wider than the breakpoints' span, where breakpoints are given.
 
     Returns:
       log T(x0), T in the time unit of ``drift`` and ``diffusion`` (t = k * lr for SGD models).
@@ -188,24 +194,37 @@ def log_mean_exit_time(
                     "left=-inf but psi/D is not integrable at -inf (the process is not confined "
                     "on the left); give a finite reflecting `left`"
                 )
-        return log_t
+        return log_t, float(np.max(np.diff(edges[i_start:])))
 
-    prev = solve(n_panels)
+    # Panels are shared out by length, so a start far left of the breakpoints gets coarse
+    # panels all the way to them, and a well among them may fall between every node at each
+    # count: the answers then agree and are wrong (an OU well of width 0.2 with a breakpoint
+    # 0.5 from it, started 1e5 away, read log T = 5.1 for 9.48). So no panel from x0 on may
+    # be wider than the breakpoints' span (right - the leftmost breakpoint), where there is one.
+    span = right - min(inside, default=right)
+    prev, _ = solve(n_panels)
     n = n_panels
     while True:
         n *= 2
-        cur = solve(n)
+        cur, widest = solve(n)
         # |log T| ~ 1e5 (weak noise) carries float64 round-off of ~1e-13 |log T| in phi's sums,
         # which more panels only add to: the relative accuracy of T can be no better
         tol = rtol + 1e-13 * abs(cur)
-        if abs(cur - prev) <= tol or n >= max_panels:
+        resolved = not span or widest <= span
+        if (abs(cur - prev) <= tol and resolved) or n >= max_panels:
             break
         prev = cur
     if abs(cur - prev) > 10 * tol:
         raise FloatingPointError(
             f"exit-time quadrature did not converge: relative change {abs(cur - prev):.2e} at "
-            f"{n} panels; add breakpoints where the drift or diffusion has kinks"
+            f"{n} panels; add breakpoints where the drift or diffusion has kinks (or, for a "
+            f"start far out on a steep flank, start nearer the well)"
         )
+    if not resolved:
+        raise FloatingPointError(
+            f"exit-time quadrature: x0 = {x0:.6g} lies so far left of the breakpoints that "
+            f"{max_panels} panels leave the way from it wider than their span {span:.3g} per "
+            f"panel; start nearer, or raise max_panels")
     return cur
 
 
