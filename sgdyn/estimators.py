@@ -90,9 +90,8 @@ def _records(time, escaped, *others):
     """``time``, ``escaped`` and further masks (each None or like ``escaped``) as float and
     bool arrays of one 1-D shape, or a ValueError naming the argument."""
     time = np.asarray(time, float)
-    if time.ndim != 1 or time.size == 0:
-        raise ValueError(f"time must be 1-D with one entry per particle, at least one, got "
-                         f"shape {time.shape}")
+    if time.ndim != 1:
+        raise ValueError(f"time must be 1-D (one entry per particle), got shape {time.shape}")
     masks = []
     for name, mask in (("escaped", escaped),) + others:
         if mask is None:
@@ -228,6 +227,8 @@ def exit_time_estimate(time, escaped, censored=None, diverged=None, confidence=0
     dt = None if dt is None else grid_step(dt)
     time, escaped, censored, diverged = _records(time, escaped, ("censored", censored),
                                                  ("diverged", diverged))
+    if time.size == 0:
+        raise ValueError("time must hold at least one particle's record, got none")
     diverged = np.zeros_like(escaped) if diverged is None else diverged
     censored = (~escaped & ~diverged) if censored is None else censored
     if np.any(escaped & censored) or np.any(diverged & (escaped | censored)):

@@ -111,6 +111,9 @@ def test_records_that_cannot_be_right_are_refused_naming_the_argument():
         sg.constant_rate_test(t, e, np.nan, 1.0)
     with pytest.raises(ValueError, match="time must be finite"):
         sg.kaplan_meier([1.0, np.nan, 2.0], [True, True, True])
+    # no records: nothing to estimate, but an empty curve and "nothing to compare" stand
+    assert all(np.size(a) == 0 for a in sg.kaplan_meier([], []))
+    assert sg.constant_rate_test([], [], 0.0, 1.0)[2] == 1.0
     with pytest.raises(ValueError, match="escaped must have the shape"):
         sg.kaplan_meier([1.0, 2.0], [True])
 

@@ -353,6 +353,9 @@ def test_helpers_refuse_what_they_cannot_compute():
         th.kramers_time(1.0, 1.0, 1000.0, 1.0)
     assert th.kramers_time(1.0, 1.0, 1000.0, 1.0, log=True) == pytest.approx(
         1000.0 + math.log(2 * math.pi))
+    # a finite time whose exponential alone would overflow (log T 703.0, exp(715) > 1e308)
+    assert math.log(th.kramers_time(1e6, 1e6, 715.0, 1.0)) == pytest.approx(
+        715.0 + math.log(2 * math.pi / 1e6), rel=1e-12)
     assert math.log(th.kramers_time(2.0, 3.0, 5.0, 1.0)) == pytest.approx(
         th.kramers_time(2.0, 3.0, 5.0, 1.0, log=True), rel=1e-14)
     assert th.langevin_escape_time(1.0, 1.0, 1.0, lr=0.1, batch_size=1, sigma2=1.0,
@@ -372,12 +375,24 @@ def test_a_far_start_is_exact_or_refused_never_silently_wrong():
         for bp in ([0.5], []):
             assert th.log_mean_exit_time(*ou, x0, 1.0, breakpoints=bp) == pytest.approx(
                 ref, rel=1e-10)
-    for x0 in (-1e5, -1e8):
+    for x0, bp in ((-1e5, [0.5]), (-1e8, [0.5]), (-1e5, [-2e5, 0.5]), (-1e8, [-2e5, 0.5]),
+                   # a breakpoint far left of a start at the well: its panels held the well
+                   (0.0, [-2e5, 0.5]), (-10.0, [-2e5, 0.5])):
         with pytest.raises(FloatingPointError):
-            th.log_mean_exit_time(*ou, x0, 1.0, breakpoints=[0.5])
+            th.log_mean_exit_time(*ou, x0, 1.0, breakpoints=bp)
     with pytest.raises(FloatingPointError):
         th.kramers_exit_time(1, 1, 1, lr=0.1, batch_size=1, noise="langevin", sigma2=1.0,
                              x0=-1e5, log=True)
+    # a flat minimum and a sharp saddle (breakpoints close to the exit) stay computable: the
+    # same value with 64 breakpoints spread over the interval
+    lang = dict(lr=0.1, batch_size=1, noise="langevin", sigma2=1.0)
+    g = th.kramers_geometry(0.01, 100, 1.0)
+    ref = th.log_mean_exit_time(
+        lambda w: -th.kramers_grad(w, 0.01, 100, 1.0),
+        lambda w: 0.1 * 1.0 / 2 + 0 * w, 0.0, g.saddle,
+        breakpoints=[g.c, *np.linspace(0, g.saddle, 66)[1:-1]])
+    assert th.kramers_exit_time(0.01, 100, 1.0, to="saddle", log=True, **lang) == \
+        pytest.approx(ref, rel=1e-12)
 
 
 def test_asymptotic_formulas_warn_outside_their_range():

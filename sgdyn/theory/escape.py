@@ -127,9 +127,11 @@ def kramers_time(h_min, h_saddle, barrier, temperature, *, log=False):
             f"Kramers formula used at barrier/T = {barrier / temperature:.3g} < 5, "
             "outside its accuracy range; use kramers_exit_time for the exact value")
     prefactor = 2 * math.pi / math.sqrt(h_min * h_saddle)
+    log_t = math.log(prefactor) + barrier / temperature
     if log:
-        return math.log(prefactor) + barrier / temperature
-    _exp_or_raise(math.log(prefactor) + barrier / temperature)
+        return log_t
+    if barrier / temperature > 709.0:  # exp alone would overflow where the product does not
+        return _exp_or_raise(log_t)
     return prefactor * math.exp(barrier / temperature)
 
 

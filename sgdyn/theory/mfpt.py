@@ -31,6 +31,7 @@ from scipy.special import logsumexp
 from .. import _checks
 
 _M = 16  # Gauss-Legendre nodes per panel
+_PEAK_STEP = 20.0  # most phi may move between the nodes around one of its maxima
 _T, _W = _leg.leggauss(_M)
 _LOG_W = np.log(_W)
 
@@ -57,7 +58,8 @@ _Q_SUB = _integration_matrix(_SUB.ravel())
 def _log_mfpt_on_edges(drift, diffusion, edges: np.ndarray, i_anchor: int, i_start: int):
     """log T for panels ``edges``; phi = 0 at edges[i_anchor]; T integrates from edges[i_start].
 
-    Returns (log T, log contribution of each panel to J) so callers can judge truncation.
+    Returns (log T, log contribution of each panel to J, ``_peak_step``) so callers can judge
+    truncation and resolution.
     """
     lo, hi = edges[:-1], edges[1:]
     half = (hi - lo) / 2  # (K,)
@@ -100,16 +102,31 @@ def _log_mfpt_on_edges(drift, diffusion, edges: np.ndarray, i_anchor: int, i_sta
             "drift/diffusion gave non-finite values inside the exit interval; check that the "
             "diffusion is > 0 and the drift finite on (left, right)"
         )
-    return float(log_t), log_panel
+    return float(log_t), log_panel, _peak_step(nodes.ravel(), a_nodes.ravel())
+
+
+def _peak_step(x, slope):
+    """How far phi may move between the two nodes around any of its maxima (phi' = ``slope``
+    from + to - between neighbouring nodes ``x``): at most |phi'| times their gap on either
+    side. Small where a peak of psi (a well) is resolved; large where it falls between two
+    nodes far apart, whose values cannot show it."""
+    with np.errstate(all="ignore"):
+        top = np.flatnonzero((slope[:-1] > 0) & (slope[1:] <= 0))
+        gap = x[top + 1] - x[top]
+        step = np.maximum(slope[top] * gap, -slope[top + 1] * gap)
+    return float(np.max(step, initial=0.0)) if np.all(np.isfinite(step)) else np.inf
 
 
 def _finite_edges(points: Sequence[float], n_panels: int) -> np.ndarray:
-    """Panel edges through every point in ``points`` with about n_panels panels in all."""
+    """Panel edges through every point in ``points`` with about n_panels panels in all, shared
+    out by length; every segment gets at least n_panels / 32 (and 4), so that doubling
+    n_panels refines them all (a short segment held at 4 panels never converged: a well in it
+    stayed unresolved while the long ones' answers agreed)."""
     points = np.unique(np.asarray(points, float))
     total = points[-1] - points[0]
     edges = [points[:1]]
     for a, b in zip(points[:-1], points[1:]):
-        k = max(4, int(math.ceil(n_panels * (b - a) / total)))
+        k = max(4, n_panels // 32, int(math.ceil(n_panels * (b - a) / total)))
         edges.append(np.linspace(a, b, k + 1)[1:])
     return np.concatenate(edges)
 
@@ -149,8 +166,8 @@ def log_mean_exit_time(
 
     A start far out on a steep flank (an OU well of width 0.2 started 1000 widths away) asks
     for panels narrower than the flank's diffusion length D/|mu| all the way: a
-    FloatingPointError then says the quadrature did not converge; no panel from x0 on is
-    left wider than the breakpoints' span, where breakpoints are given.
+    FloatingPointError then says the quadrature did not converge. The panels are refined
+    until psi's peak (the well) is resolved, or a FloatingPointError says it is not.
 
     Returns:
       log T(x0), T in the time unit of ``drift`` and ``diffusion`` (t = k * lr for SGD models).
@@ -184,7 +201,8 @@ def log_mean_exit_time(
             tail = _left_tail_edges(lo_pt, width, per=max(4, n // 32))
             edges, i_anchor = np.concatenate([tail, finite]), tail.size
         i_start = int(np.searchsorted(edges, x0))
-        log_t, log_panel = _log_mfpt_on_edges(drift, diffusion, edges, i_anchor, i_start)
+        log_t, log_panel, peak_step = _log_mfpt_on_edges(drift, diffusion, edges, i_anchor,
+                                                         i_start)
         if not finite_left:
             # the far-left panels must carry a negligible share of psi/D
             total = logsumexp(log_panel[np.isfinite(log_panel)])
@@ -194,23 +212,22 @@ def log_mean_exit_time(
                     "left=-inf but psi/D is not integrable at -inf (the process is not confined "
                     "on the left); give a finite reflecting `left`"
                 )
-        return log_t, float(np.max(np.diff(edges[i_start:])))
+        return log_t, peak_step
 
-    # Panels are shared out by length, so a start far left of the breakpoints gets coarse
-    # panels all the way to them, and a well among them may fall between every node at each
-    # count: the answers then agree and are wrong (an OU well of width 0.2 with a breakpoint
-    # 0.5 from it, started 1e5 away, read log T = 5.1 for 9.48). So no panel from x0 on may
-    # be wider than the breakpoints' span (right - the leftmost breakpoint), where there is one.
-    span = right - min(inside, default=right)
+    # psi's peaks (wells, where J gathers its mass) must be resolved: panels are shared out by
+    # length, and one far wider than a well (a start or a breakpoint far from it) can hold it
+    # between two nodes at every count, when two wrong answers agree (an OU well of width 0.2
+    # started 1e5 away once read log T = 5.1 for 9.48). Resolved, phi moves by at most a few
+    # units between the nodes around a peak (its width is then a few node gaps or more).
     prev, _ = solve(n_panels)
     n = n_panels
     while True:
         n *= 2
-        cur, widest = solve(n)
+        cur, peak_step = solve(n)
         # |log T| ~ 1e5 (weak noise) carries float64 round-off of ~1e-13 |log T| in phi's sums,
         # which more panels only add to: the relative accuracy of T can be no better
         tol = rtol + 1e-13 * abs(cur)
-        resolved = not span or widest <= span
+        resolved = peak_step <= _PEAK_STEP
         if (abs(cur - prev) <= tol and resolved) or n >= max_panels:
             break
         prev = cur
@@ -222,9 +239,10 @@ def log_mean_exit_time(
         )
     if not resolved:
         raise FloatingPointError(
-            f"exit-time quadrature: x0 = {x0:.6g} lies so far left of the breakpoints that "
-            f"{max_panels} panels leave the way from it wider than their span {span:.3g} per "
-            f"panel; start nearer, or raise max_panels")
+            f"exit-time quadrature: a well (a peak of psi) is not resolved at {n} panels (phi "
+            f"may move by {peak_step:.3g} between the nodes around it): the interval is too "
+            f"long for it; start nearer the well (and keep breakpoints near it), or raise "
+            f"max_panels")
     return cur
 
 
