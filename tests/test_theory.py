@@ -383,6 +383,16 @@ def test_a_far_start_is_exact_or_refused_never_silently_wrong():
     with pytest.raises(FloatingPointError):
         th.kramers_exit_time(1, 1, 1, lr=0.1, batch_size=1, noise="langevin", sigma2=1.0,
                              x0=-1e5, log=True)
+    # a tilted well at a segment's edge, a far wall or breakpoint on its left: the coarse side
+    # held half the well between two nodes and read log T 37.44 for 38.09 (checked only at
+    # the sign change of the drift, which lay on the fine side)
+    tilted = (lambda x: 0.1 - 50 * x * np.exp(-x ** 2 / 0.08), lambda x: 0.05 + 0 * x)
+    assert th.log_mean_exit_time(*tilted, 0.0, 1.0) == pytest.approx(38.0851074310, rel=1e-10)
+    for call in (lambda: th.log_mean_exit_time(*tilted, 0.0, 1.0, -1e4),
+                 lambda: th.log_mean_exit_time(*tilted, 0.0, 1.0, breakpoints=[-1e4]),
+                 lambda: th.log_mean_exit_time(*tilted, -1e4, 1.0, breakpoints=[0.0])):
+        with pytest.raises(FloatingPointError):
+            call()
     # a flat minimum and a sharp saddle (breakpoints close to the exit) stay computable: the
     # same value with 64 breakpoints spread over the interval
     lang = dict(lr=0.1, batch_size=1, noise="langevin", sigma2=1.0)

@@ -304,16 +304,18 @@ def test_lanczos_stops_where_the_krylov_space_is_exhausted(eig):
         assert float(lam) == pytest.approx(eig.max(), rel=1e-5, abs=1e-5)
 
 
-def test_lanczos_finds_a_top_eigenvalue_the_start_barely_touches():
-    """H = I + 0.05 x x' in 1e5 dimensions: a random start holds ~1/sqrt(n) of x, so the first
-    residual is 1.5e-4 of |H v|; a stop (or a restart) taken at sqrt(eps) read 1.0 for 1.05."""
+@pytest.mark.parametrize("shift,gap", [(1.0, 0.05), (100.0, 0.05), (1.0, 1e-3)])
+def test_lanczos_finds_a_top_eigenvalue_the_start_barely_touches(shift, gap):
+    """H = shift I + gap x x' in 1e5 dimensions: a random start holds ~1/sqrt(n) of x, so the
+    first residual is ~gap / sqrt(n) of |H v| (1.5e-6 for the shift of 100, ~12 float32 eps):
+    a stop at sqrt(eps) read 1.0 for 1.05, a restart at 64 eps 100.0 for 100.05."""
     n = 100_000
     x = jax.random.normal(jax.random.key(7), (n,))
     x = x / jnp.linalg.norm(x)
-    loss = lambda w: 0.5 * jnp.sum(w * w) + 0.025 * jnp.dot(x, w) ** 2  # noqa: E731
+    loss = lambda w: 0.5 * shift * jnp.sum(w * w) + 0.5 * gap * jnp.dot(x, w) ** 2  # noqa: E731
     top = jax.jit(lambda k: top_hessian_eigenvalue(loss, jnp.zeros(n), k, 20))
-    for key in range(4):
-        assert float(top(jax.random.key(key))) == pytest.approx(1.05, rel=1e-5)
+    for key in range(3):
+        assert float(top(jax.random.key(key))) == pytest.approx(shift + gap, rel=2e-6)
 
 
 def test_sharpness_of_a_low_rank_hessian_in_training():

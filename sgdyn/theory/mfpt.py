@@ -31,7 +31,8 @@ from scipy.special import logsumexp
 from .. import _checks
 
 _M = 16  # Gauss-Legendre nodes per panel
-_PEAK_STEP = 20.0  # most phi may move between the nodes around one of its maxima
+_PEAK_STEP = 20.0  # most phi may move between neighbouring nodes near its maxima
+_TOP = 40.0  # nodes with phi this close to its highest hold J's mass (e^-40 ~ 4e-18)
 _T, _W = _leg.leggauss(_M)
 _LOG_W = np.log(_W)
 
@@ -102,31 +103,36 @@ def _log_mfpt_on_edges(drift, diffusion, edges: np.ndarray, i_anchor: int, i_sta
             "drift/diffusion gave non-finite values inside the exit interval; check that the "
             "diffusion is > 0 and the drift finite on (left, right)"
         )
-    return float(log_t), log_panel, _peak_step(nodes.ravel(), a_nodes.ravel())
+    return float(log_t), log_panel, _peak_step(nodes.ravel(), phi_nodes.ravel(),
+                                               a_nodes.ravel())
 
 
-def _peak_step(x, slope):
-    """How far phi may move between the two nodes around any of its maxima (phi' = ``slope``
-    from + to - between neighbouring nodes ``x``): at most |phi'| times their gap on either
-    side. Small where a peak of psi (a well) is resolved; large where it falls between two
-    nodes far apart, whose values cannot show it."""
+def _peak_step(x, phi, slope):
+    """How far phi may move between neighbouring nodes ``x`` (|phi'| = |``slope``| times their
+    gap, the larger end) around any of its maxima (phi' from + to -) and wherever phi is within
+    _TOP of its highest node (where J gathers its mass). Small where psi's peaks (wells) are
+    resolved; large where one falls between two nodes far apart, whose values cannot show it
+    (nor, on the coarse side of a segment's edge, the half of a well that lies there)."""
     with np.errstate(all="ignore"):
-        top = np.flatnonzero((slope[:-1] > 0) & (slope[1:] <= 0))
-        gap = x[top + 1] - x[top]
-        step = np.maximum(slope[top] * gap, -slope[top + 1] * gap)
+        step = np.maximum(np.abs(slope[:-1]), np.abs(slope[1:])) * np.diff(x)
+        near_top = np.maximum(phi[:-1], phi[1:]) >= np.nanmax(phi) - _TOP
+        peak = (slope[:-1] > 0) & (slope[1:] <= 0)
+        step = step[near_top | peak]
     return float(np.max(step, initial=0.0)) if np.all(np.isfinite(step)) else np.inf
 
 
 def _finite_edges(points: Sequence[float], n_panels: int) -> np.ndarray:
     """Panel edges through every point in ``points`` with about n_panels panels in all, shared
-    out by length; every segment gets at least n_panels / 32 (and 4), so that doubling
-    n_panels refines them all (a short segment held at 4 panels never converged: a well in it
-    stayed unresolved while the long ones' answers agreed)."""
+    out by length; every segment gets at least n_panels / max(32, segments) (and 4), so that
+    doubling n_panels refines them all (a short segment held at 4 panels never converged: a
+    well in it stayed unresolved while the long ones' answers agreed), and no more than about
+    2 n_panels in all however many breakpoints there are."""
     points = np.unique(np.asarray(points, float))
     total = points[-1] - points[0]
     edges = [points[:1]]
+    floor = max(4, n_panels // max(32, points.size - 1))
     for a, b in zip(points[:-1], points[1:]):
-        k = max(4, n_panels // 32, int(math.ceil(n_panels * (b - a) / total)))
+        k = max(floor, int(math.ceil(n_panels * (b - a) / total)))
         edges.append(np.linspace(a, b, k + 1)[1:])
     return np.concatenate(edges)
 
@@ -215,10 +221,10 @@ def log_mean_exit_time(
         return log_t, peak_step
 
     # psi's peaks (wells, where J gathers its mass) must be resolved: panels are shared out by
-    # length, and one far wider than a well (a start or a breakpoint far from it) can hold it
-    # between two nodes at every count, when two wrong answers agree (an OU well of width 0.2
-    # started 1e5 away once read log T = 5.1 for 9.48). Resolved, phi moves by at most a few
-    # units between the nodes around a peak (its width is then a few node gaps or more).
+    # length, and one far wider than a well (a start or a breakpoint far from it) can hold it,
+    # or half of it, between two nodes at every count, when two wrong answers agree (an OU well
+    # of width 0.2 started 1e5 away once read log T = 5.1 for 9.48). Resolved, phi moves by at
+    # most a few units between neighbouring nodes there (its width is a few node gaps or more).
     prev, _ = solve(n_panels)
     n = n_panels
     while True:
