@@ -405,6 +405,24 @@ def test_a_far_start_is_exact_or_refused_never_silently_wrong():
         pytest.approx(ref, rel=1e-12)
 
 
+@pytest.mark.parametrize("args,kwargs,ref", [
+    # PLD-loss with a small sigma_g: past where the clipped loss reaches 0 the diffusion is
+    # ~1e-6 and phi climbs steeply to the exit, which carries nothing in T: a resolution check
+    # on phi alone refused it (a review's reference, by its own quadrature)
+    ((1, 1, 1), dict(lr=0.1, batch_size=1, noise="pld_loss", sigma_g=1e-4, sigma_h=5.0),
+     30.4052720180),
+    ((1, 1, 1), dict(lr=0.1, batch_size=1, noise="pld_loss", sigma_g=1e-4, sigma_h=2.0),
+     60.0245736035),
+    # a sharp well and a flat saddle: phi anchored far out on the steep side reached
+    # 1e4 log T there, and its round-off stopped convergence (reference: analytic phi)
+    ((10, 1e-3, 1), dict(lr=0.1, batch_size=1, noise="langevin", sigma2=0.02, to="saddle"),
+     1003.8395295661),
+])
+def test_exit_times_a_review_checked_independently(args, kwargs, ref):
+    assert th.kramers_exit_time(*args, log=True, **kwargs) == pytest.approx(ref, rel=1e-11,
+                                                                           abs=1e-9)
+
+
 def test_asymptotic_formulas_warn_outside_their_range():
     with pytest.warns(RuntimeWarning, match="kappa"):
         th.pld_escape_time(1, 1, 0.5, lr=0.1, batch_size=1, sigma_g=1, sigma_h=5.0)

@@ -31,8 +31,8 @@ from scipy.special import logsumexp
 from .. import _checks
 
 _M = 16  # Gauss-Legendre nodes per panel
-_PEAK_STEP = 20.0  # most phi may move between neighbouring nodes near its maxima
-_TOP = 40.0  # nodes with phi this close to its highest hold J's mass (e^-40 ~ 4e-18)
+_TOP = 40.0  # nodes this close (in log) to the top of T's integrand by z hold its mass
+_PEAK_STEP = 10.0  # most that log integrand may move between neighbouring nodes there
 _T, _W = _leg.leggauss(_M)
 _LOG_W = np.log(_W)
 
@@ -103,21 +103,24 @@ def _log_mfpt_on_edges(drift, diffusion, edges: np.ndarray, i_anchor: int, i_sta
             "drift/diffusion gave non-finite values inside the exit interval; check that the "
             "diffusion is > 0 and the drift finite on (left, right)"
         )
-    return float(log_t), log_panel, _peak_step(nodes.ravel(), phi_nodes.ravel(),
-                                               a_nodes.ravel())
-
-
-def _peak_step(x, phi, slope):
-    """How far phi may move between neighbouring nodes ``x`` (|phi'| = |``slope``| times their
-    gap, the larger end) around any of its maxima (phi' from + to -) and wherever phi is within
-    _TOP of its highest node (where J gathers its mass). Small where psi's peaks (wells) are
-    resolved; large where one falls between two nodes far apart, whose values cannot show it
-    (nor, on the coarse side of a segment's edge, the half of a well that lies there)."""
+    # where T's double integral of exp(phi(z) - phi(y)) / D(z), z < y, x0 < y, gathers its
+    # mass, by z: exp(phi(z)) / D(z) times int_{max(z, x0)}^r exp(-phi)
     with np.errstate(all="ignore"):
-        step = np.maximum(np.abs(slope[:-1]), np.abs(slope[1:])) * np.diff(x)
-        near_top = np.maximum(phi[:-1], phi[1:]) >= np.nanmax(phi) - _TOP
-        peak = (slope[:-1] > 0) & (slope[1:] <= 0)
-        step = step[near_top | peak]
+        log_g = np.logaddexp.accumulate(
+            (np.log(half)[:, None] + _LOG_W - phi_nodes)[i_start:].ravel()[::-1])[::-1]
+        log_g = np.concatenate([np.full(i_start * _M, log_g[0]), log_g])
+        mass = phi_nodes.ravel() - np.log(d_nodes.ravel()) + log_g
+    return float(log_t), log_panel, _peak_step(mass)
+
+
+def _peak_step(mass):
+    """The largest change of ``mass`` (the log of T's integrand by z, at consecutive nodes)
+    between neighbouring nodes where it is within _TOP of its highest. Small where the well
+    that carries T is resolved; large where it, or the half of it on the coarse side of a
+    segment's edge, falls between two nodes far apart, whose values cannot show it."""
+    with np.errstate(all="ignore"):
+        step = np.abs(np.diff(mass))
+        step = step[np.maximum(mass[:-1], mass[1:]) >= np.nanmax(mass) - _TOP]
     return float(np.max(step, initial=0.0)) if np.all(np.isfinite(step)) else np.inf
 
 
@@ -173,7 +176,7 @@ def log_mean_exit_time(
     A start far out on a steep flank (an OU well of width 0.2 started 1000 widths away) asks
     for panels narrower than the flank's diffusion length D/|mu| all the way: a
     FloatingPointError then says the quadrature did not converge. The panels are refined
-    until psi's peak (the well) is resolved, or a FloatingPointError says it is not.
+    until the well that carries T is resolved, or a FloatingPointError says it is not.
 
     Returns:
       log T(x0), T in the time unit of ``drift`` and ``diffusion`` (t = k * lr for SGD models).
@@ -200,14 +203,16 @@ def log_mean_exit_time(
     def solve(n):
         finite = _finite_edges([lo_pt, x0, *inside, right], n)
         if finite_left:
-            edges, i_anchor = finite, 0
+            edges = finite
         else:
             # refined with the rest: a minimum far left of the start (weak noise) lies in the
             # tail, which 4 panels per doubling once resolved to only 1% at log T = 5000
             tail = _left_tail_edges(lo_pt, width, per=max(4, n // 32))
-            edges, i_anchor = np.concatenate([tail, finite]), tail.size
+            edges = np.concatenate([tail, finite])
         i_start = int(np.searchsorted(edges, x0))
-        log_t, log_panel, peak_step = _log_mfpt_on_edges(drift, diffusion, edges, i_anchor,
+        # phi = 0 at the start: anchored far out on a steep side (a sharp well's), |phi| reached
+        # (h_min / h_saddle) log T near the well, and its round-off outgrew the tolerance
+        log_t, log_panel, peak_step = _log_mfpt_on_edges(drift, diffusion, edges, i_start,
                                                          i_start)
         if not finite_left:
             # the far-left panels must carry a negligible share of psi/D
@@ -220,11 +225,11 @@ def log_mean_exit_time(
                 )
         return log_t, peak_step
 
-    # psi's peaks (wells, where J gathers its mass) must be resolved: panels are shared out by
-    # length, and one far wider than a well (a start or a breakpoint far from it) can hold it,
-    # or half of it, between two nodes at every count, when two wrong answers agree (an OU well
-    # of width 0.2 started 1e5 away once read log T = 5.1 for 9.48). Resolved, phi moves by at
-    # most a few units between neighbouring nodes there (its width is a few node gaps or more).
+    # the well that carries T must be resolved: panels are shared out by length, and one far
+    # wider than a well (a start or a breakpoint far from it) can hold it, or half of it,
+    # between two nodes at every count, when two wrong answers agree (an OU well of width 0.2
+    # started 1e5 away once read log T = 5.1 for 9.48). Resolved, the log of T's integrand
+    # moves by a few units at most between neighbouring nodes where it is large.
     prev, _ = solve(n_panels)
     n = n_panels
     while True:
@@ -245,10 +250,10 @@ def log_mean_exit_time(
         )
     if not resolved:
         raise FloatingPointError(
-            f"exit-time quadrature: a well (a peak of psi) is not resolved at {n} panels (phi "
-            f"may move by {peak_step:.3g} between the nodes around it): the interval is too "
-            f"long for it; start nearer the well (and keep breakpoints near it), or raise "
-            f"max_panels")
+            f"exit-time quadrature: a well (a peak of psi) is not resolved at {n} panels (the "
+            f"log of T's integrand moves by {peak_step:.3g} between neighbouring nodes there): "
+            f"the interval is too long for it; start nearer the well (and keep breakpoints "
+            f"near it), or raise max_panels")
     return cur
 
 
