@@ -423,6 +423,24 @@ def test_exit_times_a_review_checked_independently(args, kwargs, ref):
                                                                            abs=1e-9)
 
 
+def test_a_well_out_in_the_left_tail_is_refused_and_a_jump_in_d_is_fine():
+    """A deeper, 0.01-wide well 20 left of the start lies in the geometric tail's coarse
+    panels: its nodes are far below the top of T's integrand, so only the check around every
+    maximum of phi sees it (the answer without it, 4.465, is the plain OU's; exact 14.88).
+    A jump of 3e4 in D at a breakpoint: the integrand jumps by log 3e4 there, which no
+    refinement shrinks, so the check leaves D out (closed form 3.7572558055689)."""
+    def two_wells(x, k2=1e4, depth=15.0, b=-20.0):
+        a, w = -0.5 * x ** 2, -(0.5 * k2 * (x - b) ** 2 - depth)
+        top = np.maximum(a, w)
+        wa, wb = np.exp(a - top), np.exp(w - top)
+        return -(wa * x + wb * k2 * (x - b)) / (wa + wb)
+    with pytest.raises(FloatingPointError):
+        th.log_mean_exit_time(two_wells, lambda x: 1.0 + 0 * x, 0.0, 3.0)
+    jump = th.log_mean_exit_time(lambda x: -x, lambda x: np.where(x < 0, 1.0, 1 / 3e4), 0.0,
+                                 3 * math.sqrt(1 / 3e4), breakpoints=[0.0])
+    assert jump == pytest.approx(3.7572558055689, rel=1e-12)
+
+
 def test_asymptotic_formulas_warn_outside_their_range():
     with pytest.warns(RuntimeWarning, match="kappa"):
         th.pld_escape_time(1, 1, 0.5, lr=0.1, batch_size=1, sigma_g=1, sigma_h=5.0)

@@ -32,7 +32,7 @@ from .. import _checks
 
 _M = 16  # Gauss-Legendre nodes per panel
 _TOP = 40.0  # nodes this close (in log) to the top of T's integrand by z hold its mass
-_PEAK_STEP = 10.0  # most that log integrand may move between neighbouring nodes there
+_PEAK_STEP = 10.0  # most that log integrand (or phi around a maximum) may move between nodes
 _T, _W = _leg.leggauss(_M)
 _LOG_W = np.log(_W)
 
@@ -109,18 +109,25 @@ def _log_mfpt_on_edges(drift, diffusion, edges: np.ndarray, i_anchor: int, i_sta
         log_g = np.logaddexp.accumulate(
             (np.log(half)[:, None] + _LOG_W - phi_nodes)[i_start:].ravel()[::-1])[::-1]
         log_g = np.concatenate([np.full(i_start * _M, log_g[0]), log_g])
-        mass = phi_nodes.ravel() - np.log(d_nodes.ravel()) + log_g
-    return float(log_t), log_panel, _peak_step(mass)
+    return float(log_t), log_panel, _peak_step(nodes.ravel(), phi_nodes.ravel(), log_g,
+                                               np.log(d_nodes.ravel()), a_nodes.ravel())
 
 
-def _peak_step(mass):
-    """The largest change of ``mass`` (the log of T's integrand by z, at consecutive nodes)
-    between neighbouring nodes where it is within _TOP of its highest. Small where the well
-    that carries T is resolved; large where it, or the half of it on the coarse side of a
-    segment's edge, falls between two nodes far apart, whose values cannot show it."""
+def _peak_step(x, phi, log_g, log_d, slope):
+    """How far the log of T's integrand by z, phi + log G - log D, may move between
+    neighbouring nodes ``x`` where it is within _TOP of its highest (D's own jumps at
+    breakpoints left out: no refinement shrinks them), and phi around any of its maxima
+    (|phi'| = |``slope``| times the gap, the larger end). Small where the wells are resolved;
+    large where the one that carries T, or the half of it on the coarse side of a segment's
+    edge, or a well out in the left tail, falls between two nodes far apart, whose values
+    cannot show it."""
     with np.errstate(all="ignore"):
-        step = np.abs(np.diff(mass))
-        step = step[np.maximum(mass[:-1], mass[1:]) >= np.nanmax(mass) - _TOP]
+        mass = phi + log_g - log_d
+        near_top = np.maximum(mass[:-1], mass[1:]) >= np.nanmax(mass) - _TOP
+        peak = (slope[:-1] > 0) & (slope[1:] <= 0)
+        gap = np.diff(x)[peak]
+        step = np.concatenate([np.abs(np.diff(phi + log_g))[near_top],
+                               np.maximum(slope[:-1][peak] * gap, -slope[1:][peak] * gap)])
     return float(np.max(step, initial=0.0)) if np.all(np.isfinite(step)) else np.inf
 
 
