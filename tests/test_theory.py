@@ -439,6 +439,12 @@ def test_a_well_out_in_the_left_tail_is_refused_and_a_jump_in_d_is_fine():
     jump = th.log_mean_exit_time(lambda x: -x, lambda x: np.where(x < 0, 1.0, 1 / 3e4), 0.0,
                                  3 * math.sqrt(1 / 3e4), breakpoints=[0.0])
     assert jump == pytest.approx(3.7572558055689, rel=1e-12)
+    # a tilted washboard, left = -inf: its ripples far out in the tail fall between nodes 1e17
+    # apart, far below the top, and must not be taken for unresolved wells (they were, once:
+    # every such call raised); reference: the same with a reflecting wall at -45
+    ripple = (lambda x: 1.0 + 2 * np.pi * np.sin(2 * np.pi * x), lambda x: 1.0 + 0 * x)
+    assert th.log_mean_exit_time(*ripple, 0.0, 1.0) == pytest.approx(
+        th.log_mean_exit_time(*ripple, 0.0, 1.0, -45.0), rel=1e-12)
 
 
 def test_asymptotic_formulas_warn_outside_their_range():
