@@ -439,12 +439,20 @@ def test_a_well_out_in_the_left_tail_is_refused_and_a_jump_in_d_is_fine():
     jump = th.log_mean_exit_time(lambda x: -x, lambda x: np.where(x < 0, 1.0, 1 / 3e4), 0.0,
                                  3 * math.sqrt(1 / 3e4), breakpoints=[0.0])
     assert jump == pytest.approx(3.7572558055689, rel=1e-12)
-    # a tilted washboard, left = -inf: its ripples far out in the tail fall between nodes 1e17
-    # apart, far below the top, and must not be taken for unresolved wells (they were, once:
-    # every such call raised); reference: the same with a reflecting wall at -45
+    # the same well further out (-77.7, -200): a check that let maxima far below the top go
+    # (to answer tilted washboards with left = -inf) returned the plain OU's 4.465 for them
+    for b in (-77.7, -200.0):
+        with pytest.raises(FloatingPointError):
+            th.log_mean_exit_time(lambda x: two_wells(x, k2=1e3, b=b), lambda x: 1.0 + 0 * x,
+                                  0.0, 3.0)
+    # a tilted washboard: with a finite reflecting left it is exact (the code before 2026-11-27
+    # gave the same, 0.46207887504, with left = -inf, which is now refused: its ripples out in
+    # the tail cannot be told from an unresolved well)
     ripple = (lambda x: 1.0 + 2 * np.pi * np.sin(2 * np.pi * x), lambda x: 1.0 + 0 * x)
-    assert th.log_mean_exit_time(*ripple, 0.0, 1.0) == pytest.approx(
-        th.log_mean_exit_time(*ripple, 0.0, 1.0, -45.0), rel=1e-12)
+    assert th.log_mean_exit_time(*ripple, 0.0, 1.0, -45.0) == pytest.approx(0.46207887504,
+                                                                            rel=1e-10)
+    with pytest.raises(FloatingPointError, match="finite reflecting"):
+        th.log_mean_exit_time(*ripple, 0.0, 1.0)
 
 
 def test_asymptotic_formulas_warn_outside_their_range():

@@ -116,21 +116,18 @@ def _log_mfpt_on_edges(drift, diffusion, edges: np.ndarray, i_anchor: int, i_sta
 def _peak_step(x, phi, log_g, log_d, slope):
     """How far the log of T's integrand by z, phi + log G - log D, may move between
     neighbouring nodes ``x`` where it is within _TOP of its highest (D's own jumps at
-    breakpoints left out: no refinement shrinks them), and phi around any of its maxima that
-    could reach that far up (|phi'| = |``slope``| times the gap, the larger end). Small where the wells are resolved;
+    breakpoints left out: no refinement shrinks them), and phi around any of its maxima
+    (|phi'| = |``slope``| times the gap, the larger end). Small where the wells are resolved;
     large where the one that carries T, or the half of it on the coarse side of a segment's
     edge, or a well out in the left tail, falls between two nodes far apart, whose values
     cannot show it."""
     with np.errstate(all="ignore"):
         mass = phi + log_g - log_d
-        top = np.nanmax(mass) - _TOP
-        near_top = np.maximum(mass[:-1], mass[1:]) >= top
-        rise = np.maximum(slope[:-1], -slope[1:]) * np.diff(x)  # phi's most between the two
-        # a maximum between two nodes, unless even that rise leaves it far below the top (a
-        # tilted washboard's ripples far out in the left tail, between nodes 1e17 apart)
-        peak = ((slope[:-1] > 0) & (slope[1:] <= 0)
-                & (np.maximum(mass[:-1], mass[1:]) + rise >= top))
-        step = np.concatenate([np.abs(np.diff(phi + log_g))[near_top], rise[peak]])
+        near_top = np.maximum(mass[:-1], mass[1:]) >= np.nanmax(mass) - _TOP
+        peak = (slope[:-1] > 0) & (slope[1:] <= 0)
+        gap = np.diff(x)[peak]
+        step = np.concatenate([np.abs(np.diff(phi + log_g))[near_top],
+                               np.maximum(slope[:-1][peak] * gap, -slope[1:][peak] * gap)])
     return float(np.max(step, initial=0.0)) if np.all(np.isfinite(step)) else np.inf
 
 
@@ -263,7 +260,8 @@ def log_mean_exit_time(
             f"exit-time quadrature: a well (a peak of psi) is not resolved at {n} panels (the "
             f"log of T's integrand moves by {peak_step:.3g} between neighbouring nodes there): "
             f"the interval is too long for it; start nearer the well (and keep breakpoints "
-            f"near it), or raise max_panels")
+            f"near it), give a finite reflecting `left` (a potential with ripples all the way "
+            f"to -inf), or raise max_panels")
     return cur
 
 
