@@ -36,8 +36,7 @@ NOISES = ("langevin", "hessian", "pld_loss", "pld_local")
 def noise_covariance(noise, *, h_min, h_saddle, barrier, sigma2=None, sigma_g=None, sigma_h=None):
     """C(w) of a noise family in the Kramers well, as a numpy-vectorised function."""
     _checks.choice("noise", noise, NOISES)
-    for name, v in (("h_min", h_min), ("h_saddle", h_saddle), ("barrier", barrier)):
-        _checks.positive(name, v)
+    kramers_geometry(h_min, h_saddle, barrier)  # its checks: a well to compute C(w) in
     wanted = ("sigma2",) if noise in ("langevin", "hessian") else ("sigma_g", "sigma_h")
     given = dict(sigma2=sigma2, sigma_g=sigma_g, sigma_h=sigma_h)
     stray = [name for name, value in given.items() if value is not None and name not in wanted]
