@@ -56,8 +56,10 @@ _Q_NODE = _integration_matrix(_T)
 _Q_SUB = _integration_matrix(_SUB.ravel())
 
 
-def _log_mfpt_on_edges(drift, diffusion, edges: np.ndarray, i_anchor: int, i_start: int):
-    """log T for panels ``edges``; phi = 0 at edges[i_anchor]; T integrates from edges[i_start].
+def _log_mfpt_on_edges(drift, diffusion, edges: np.ndarray, i_start: int):
+    """log T for panels ``edges``, from edges[i_start] (the start, where phi = 0: anchored far
+    out on a steep side, a sharp well's, |phi| reached (h_min / h_saddle) log T near the well
+    and its round-off outgrew the convergence tolerance).
 
     Returns (log T, log contribution of each panel to J, ``_peak_step``) so callers can judge
     truncation and resolution.
@@ -72,11 +74,11 @@ def _log_mfpt_on_edges(drift, diffusion, edges: np.ndarray, i_anchor: int, i_sta
         d_subs = np.asarray(diffusion(subs), float) * np.ones_like(subs)
         a_nodes = np.asarray(drift(nodes), float) / d_nodes  # mu / D at the nodes
 
-        # phi at the left edge of each panel: cumulative increments, anchored at edges[i_anchor]
+        # phi at the left edge of each panel: cumulative increments, anchored at the start
         # and accumulated outward from it (keeps phi exact where it matters).
         incr = half * (a_nodes @ _Q_EDGE)
-        left_part = -np.cumsum(incr[:i_anchor][::-1])[::-1]
-        phi_edge = np.concatenate([left_part, [0.0], np.cumsum(incr[i_anchor:])])
+        left_part = -np.cumsum(incr[:i_start][::-1])[::-1]
+        phi_edge = np.concatenate([left_part, [0.0], np.cumsum(incr[i_start:])])
         phi_lo = phi_edge[:-1]
         phi_nodes = phi_lo[:, None] + half[:, None] * (a_nodes @ _Q_NODE.T)
         phi_subs = phi_lo[:, None, None] + half[:, None, None] * (
@@ -217,10 +219,7 @@ def log_mean_exit_time(
             tail = _left_tail_edges(lo_pt, width, per=max(4, n // 32))
             edges = np.concatenate([tail, finite])
         i_start = int(np.searchsorted(edges, x0))
-        # phi = 0 at the start: anchored far out on a steep side (a sharp well's), |phi| reached
-        # (h_min / h_saddle) log T near the well, and its round-off outgrew the tolerance
-        log_t, log_panel, peak_step = _log_mfpt_on_edges(drift, diffusion, edges, i_start,
-                                                         i_start)
+        log_t, log_panel, peak_step = _log_mfpt_on_edges(drift, diffusion, edges, i_start)
         if not finite_left:
             # the far-left panels must carry a negligible share of psi/D
             total = logsumexp(log_panel[np.isfinite(log_panel)])
