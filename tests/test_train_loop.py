@@ -335,6 +335,20 @@ def test_sharpness_of_a_low_rank_hessian_in_training():
         assert float(res.sharpness[i]) == pytest.approx(exact, rel=1e-4)
 
 
+@pytest.mark.parametrize("scale", [1e-30, 1e-18, 1e20, 1e30])
+def test_top_eigenvalue_at_any_operator_scale(scale):
+    """float32 squares overflow past ~1e19 and lose their digits below ~1e-19: with plain
+    norms, Lanczos read the operator scaled by 1e-18 as 1.8e4 times its top eigenvalue and by
+    1e20 as 0.36 times it, and power iteration gave 0 at 1e20."""
+    eig = np.r_[3.0, np.linspace(-1.0, 1.5, 199)]
+    a = _spectrum_operator(eig * scale)
+    v0 = jax.random.normal(jax.random.key(0), (200,))
+    lam = jax.jit(lambda v: lanczos_top_eigenvalue(lambda u: a @ u, v, 30))(v0)
+    assert float(lam) / scale == pytest.approx(3.0, rel=1e-4)
+    dom, _ = jax.jit(lambda v: power_iteration(lambda u: a @ u, v, 100))(v0)
+    assert float(dom) / scale == pytest.approx(3.0, rel=1e-4)
+
+
 def test_a_zero_start_vector_is_refused():
     for fn in (lanczos_top_eigenvalue, lambda m, v, k: power_iteration(m, v, k)):
         with pytest.raises(ValueError, match="v0"):

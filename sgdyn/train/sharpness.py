@@ -28,9 +28,23 @@ def hvp(loss_fn: Callable, params, v):
     return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
 
 
+def _norm(w):
+    """|w|, the 2-norm, at any scale. Squares of entries beyond about 1e19 overflow in float32,
+    and squares below about 1e-19 lose their digits (subnormal) or vanish, which made Lanczos
+    read an operator scaled by 1e-18 as 1.8e4 times its top eigenvalue. A norm outside the
+    range where the plain sum of squares is exact to rounding is computed again from w divided
+    by its largest entry (inside it, the plain norm is kept, bit for bit)."""
+    plain = jnp.linalg.norm(w)
+    info = jnp.finfo(w.dtype)
+    exact = jnp.isfinite(plain) & (plain >= jnp.sqrt(info.tiny) / info.eps)
+    largest = jnp.max(jnp.abs(w))
+    scale = jnp.where((largest > 0) & ~exact, largest, 1)  # 1: no division to pay for or fear
+    return jnp.where(exact, plain, scale * jnp.linalg.norm(w / scale))
+
+
 def _unit_start(v0):
     """v0 / |v0|, or a ValueError where v0 is concretely zero (it would give 0/0: NaN)."""
-    norm = jnp.linalg.norm(v0)
+    norm = _norm(v0)
     if _checks.is_concrete(norm):
         if not jnp.isfinite(norm):
             raise ValueError("v0 must be finite (no NaN or inf)")
@@ -50,7 +64,7 @@ def power_iteration(matvec: Callable, v0: jax.Array, num_iters: int):
     def body(_, v):
         w = matvec(v)
         # tiny floor: a zero operator would otherwise give 0/0
-        return w / jnp.maximum(jnp.linalg.norm(w), jnp.finfo(w.dtype).tiny)
+        return w / jnp.maximum(_norm(w), jnp.finfo(w.dtype).tiny)
 
     v = jax.lax.fori_loop(0, num_iters, body, _unit_start(v0))
     return jnp.vdot(v, matvec(v)), v
@@ -87,17 +101,17 @@ def lanczos_top_eigenvalue(matvec: Callable, v0: jax.Array, num_iters: int, key=
         a = jnp.vdot(basis[j], w)
         once = orthogonalised(basis, w)
         w = orthogonalised(basis, once)
-        b = jnp.linalg.norm(w)
+        b = _norm(w)
         # twice is enough, unless the second pass took away half or more: then w lay in the
         # span to working precision (Kahan-Parlett) and what is left is rounding, not a new
         # direction. A test against |A v| instead either let that rounding through or (at
         # sqrt(eps)) took a start's small share of the top eigenvector for it.
-        invariant = b <= 0.5 * jnp.linalg.norm(once)
+        invariant = b <= 0.5 * _norm(once)
         # j + 1 < k <= dimension: the basis leaves room for a fresh direction
         fresh = jax.random.normal(jax.random.fold_in(restart_key, j), w.shape, w.dtype)
         fresh = orthogonalised(basis, orthogonalised(basis, fresh))
         w = jnp.where(invariant, fresh, w)
-        basis = basis.at[j + 1].set(w / jnp.maximum(jnp.linalg.norm(w), tiny))
+        basis = basis.at[j + 1].set(w / jnp.maximum(_norm(w), tiny))
         return basis, diag.at[j].set(a), off.at[j].set(jnp.where(invariant, 0.0, b))
 
     _, diag, off = jax.lax.fori_loop(0, k, body, (basis, diag, off))
