@@ -28,29 +28,42 @@ def hvp(loss_fn: Callable, params, v):
     return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
 
 
-def _norm(w):
-    """|w|, the 2-norm, at any scale. Squares of entries beyond about 1e19 overflow in float32,
-    and squares below about 1e-19 lose their digits (subnormal) or vanish, which made Lanczos
-    read an operator scaled by 1e-18 as 1.8e4 times its top eigenvalue. A norm outside the
-    range where the plain sum of squares is exact to rounding is computed again from w divided
-    by its largest entry (inside it, the plain norm is kept, bit for bit)."""
-    plain = jnp.linalg.norm(w)
-    info = jnp.finfo(w.dtype)
-    exact = jnp.isfinite(plain) & (plain >= jnp.sqrt(info.tiny) / info.eps)
-    largest = jnp.max(jnp.abs(w))
-    scale = jnp.where((largest > 0) & ~exact, largest, 1)  # 1: no division to pay for or fear
-    return jnp.where(exact, plain, scale * jnp.linalg.norm(w / scale))
+def _float_vector(v0):
+    """v0 as an array of floats (an integer start vector is promoted, as JAX's norm did)."""
+    v0 = jnp.asarray(v0)
+    return v0 if jnp.issubdtype(v0.dtype, jnp.inexact) else v0.astype(jnp.result_type(float))
+
+
+def _power_of_two_near(w):
+    """(2^e, 2^-e) with 2^e within a factor 2 of the largest |w| (e clipped so that both are
+    normal numbers; e = 0 for a zero w). Multiplying by a power of two rounds nothing, so
+    ``w * 2^-e`` is w at unit scale exactly: float32 squares overflow past about 1e19 and
+    lose their digits below about 1e-19, and XLA flushes subnormals to zero (a division by
+    a norm beyond 2^126 too, through its reciprocal)."""
+    _, e = jnp.frexp(jnp.max(jnp.abs(w)))
+    limit = -jnp.finfo(w.dtype).minexp - 1  # 125 in float32: 2^125 and 2^-125 are normal
+    e = jnp.clip(e, -limit, limit)
+    one = jnp.ones((), w.dtype)
+    return jnp.ldexp(one, e), jnp.ldexp(one, -e)
+
+
+def _unit(w):
+    """(w / |w|, |w|) at any scale of w (the 2-norm of w at unit scale, scaled back)."""
+    up, down = _power_of_two_near(w)
+    w = w * down
+    norm = jnp.linalg.norm(w)
+    return w / jnp.maximum(norm, jnp.finfo(w.dtype).tiny), norm * up
 
 
 def _unit_start(v0):
     """v0 / |v0|, or a ValueError where v0 is concretely zero (it would give 0/0: NaN)."""
-    norm = _norm(v0)
+    unit, norm = _unit(v0)
     if _checks.is_concrete(norm):
         if not jnp.isfinite(norm):
             raise ValueError("v0 must be finite (no NaN or inf)")
         if norm == 0:
             raise ValueError("v0 must be a non-zero vector (the iteration's start)")
-    return v0 / norm
+    return unit
 
 
 def power_iteration(matvec: Callable, v0: jax.Array, num_iters: int):
@@ -60,13 +73,9 @@ def power_iteration(matvec: Callable, v0: jax.Array, num_iters: int):
     The eigenvalue error falls like (lambda_2 / lambda_1)^(2 k) after k iterations.
     """
     _checks.positive_int("num_iters", num_iters)
-
-    def body(_, v):
-        w = matvec(v)
-        # tiny floor: a zero operator would otherwise give 0/0
-        return w / jnp.maximum(_norm(w), jnp.finfo(w.dtype).tiny)
-
-    v = jax.lax.fori_loop(0, num_iters, body, _unit_start(v0))
+    # a zero operator gives the zero vector (no 0/0: _unit's tiny floor)
+    v = jax.lax.fori_loop(0, num_iters, lambda _, v: _unit(matvec(v))[0],
+                          _unit_start(_float_vector(v0)))
     return jnp.vdot(v, matvec(v)), v
 
 
@@ -83,11 +92,17 @@ def lanczos_top_eigenvalue(matvec: Callable, v0: jax.Array, num_iters: int, key=
     and values far outside A's spectrum; stopping there would miss any eigenvalue outside that
     space."""
     _checks.positive_int("num_iters", num_iters)
+    v0 = _unit_start(_float_vector(v0))
     k = min(int(num_iters), v0.shape[0])  # the Krylov space cannot outgrow the dimension
     restart_key = jax.random.key(0) if key is None else key
-    basis = jnp.zeros((k + 1, v0.shape[0]), v0.dtype).at[0].set(_unit_start(v0))
+    basis = jnp.zeros((k + 1, v0.shape[0]), v0.dtype).at[0].set(v0)
     diag, off = jnp.zeros(k, v0.dtype), jnp.zeros(k, v0.dtype)
     tiny = jnp.finfo(v0.dtype).tiny
+    # The steps run on A / 2^e, 2^e near |A v0|, and the answer is scaled back: a power of two
+    # rounds nothing, and the iteration's own sums of squares, projections and invariance test
+    # then work at unit scale whatever A's (in float32 they failed below 1e-18 and above 1e19).
+    w0 = matvec(v0)
+    up, down = _power_of_two_near(w0)
 
     def orthogonalised(basis, w):
         # Gram-Schmidt against every earlier vector (the rows past j are still zero, so the
@@ -95,28 +110,29 @@ def lanczos_top_eigenvalue(matvec: Callable, v0: jax.Array, num_iters: int, key=
         # and repeats converged eigenvalues
         return w - basis.T @ (basis @ w)
 
-    def body(j, carry):
+    def step(j, carry, w):  # w = A v_j / 2^e
         basis, diag, off = carry
-        w = matvec(basis[j])
         a = jnp.vdot(basis[j], w)
         once = orthogonalised(basis, w)
         w = orthogonalised(basis, once)
-        b = _norm(w)
+        b = jnp.linalg.norm(w)
         # twice is enough, unless the second pass took away half or more: then w lay in the
         # span to working precision (Kahan-Parlett) and what is left is rounding, not a new
         # direction. A test against |A v| instead either let that rounding through or (at
         # sqrt(eps)) took a start's small share of the top eigenvector for it.
-        invariant = b <= 0.5 * _norm(once)
+        invariant = b <= 0.5 * jnp.linalg.norm(once)
         # j + 1 < k <= dimension: the basis leaves room for a fresh direction
         fresh = jax.random.normal(jax.random.fold_in(restart_key, j), w.shape, w.dtype)
         fresh = orthogonalised(basis, orthogonalised(basis, fresh))
         w = jnp.where(invariant, fresh, w)
-        basis = basis.at[j + 1].set(w / jnp.maximum(_norm(w), tiny))
+        basis = basis.at[j + 1].set(w / jnp.maximum(jnp.linalg.norm(w), tiny))
         return basis, diag.at[j].set(a), off.at[j].set(jnp.where(invariant, 0.0, b))
 
-    _, diag, off = jax.lax.fori_loop(0, k, body, (basis, diag, off))
+    carry = step(0, (basis, diag, off), w0 * down)  # the first product serves the scale too
+    _, diag, off = jax.lax.fori_loop(
+        1, k, lambda j, c: step(j, c, matvec(c[0][j]) * down), carry)
     t = jnp.diag(diag) + jnp.diag(off[:-1], 1) + jnp.diag(off[:-1], -1)
-    return jnp.linalg.eigvalsh(t)[-1]
+    return jnp.linalg.eigvalsh(t)[-1] * up
 
 
 def top_hessian_eigenvalue(loss_fn: Callable, params, key, num_iters: int = 20) -> jax.Array:
