@@ -355,6 +355,17 @@ def test_top_eigenvalue_at_any_operator_scale(scale, eig):
         assert float(dom) / scale == pytest.approx(3.0, rel=1e-4)
 
 
+@pytest.mark.parametrize("top,rest", [(1e25, 1.0), (1e-20, 0.0), (1e20, 1e-15)])
+def test_lanczos_when_later_products_dwarf_the_first(top, rest):
+    """A start whose product is far smaller than the top eigenvalue's (here in a null space or
+    all but): scaled once by |A v0|, later norms overflowed or flushed, every step read as
+    invariant and the answer was a random restart's Rayleigh quotient, ~1/n of the truth."""
+    d = jnp.asarray([top] + [rest] * 199, jnp.float32)
+    v0 = jnp.zeros(200).at[1].set(1.0)
+    lam = jax.jit(lambda v: lanczos_top_eigenvalue(lambda x: d * x, v, 20))(v0)
+    assert float(lam) == pytest.approx(top, rel=1e-5)
+
+
 def test_power_iteration_near_the_float32_limit_and_integer_starts():
     a = jnp.diag(jnp.array([1e38, 5e37, 1e37], jnp.float32))
     for fn in (power_iteration, jax.jit(power_iteration, static_argnums=(0, 2))):

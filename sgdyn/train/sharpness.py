@@ -56,7 +56,9 @@ def _unit(w):
 
 
 def _unit_start(v0):
-    """v0 / |v0|, or a ValueError where v0 is concretely zero (it would give 0/0: NaN)."""
+    """v0 / |v0|, or a ValueError where v0 is concretely zero or not finite (a traced zero
+    gives the zero vector: power iteration then returns 0, Lanczos starts from its first
+    restart direction)."""
     unit, norm = _unit(v0)
     if _checks.is_concrete(norm):
         if not jnp.isfinite(norm):
@@ -69,7 +71,8 @@ def _unit_start(v0):
 def power_iteration(matvec: Callable, v0: jax.Array, num_iters: int):
     """Dominant eigenpair of a symmetric operator on flat vectors.
 
-    Returns (rayleigh quotient v'Av, unit vector v) after ``num_iters`` multiplications.
+    Returns (rayleigh quotient v'Av, unit vector v) after ``num_iters`` multiplications (v is
+    zero where A v is: a zero operator).
     The eigenvalue error falls like (lambda_2 / lambda_1)^(2 k) after k iterations.
     """
     _checks.positive_int("num_iters", num_iters)
@@ -97,10 +100,11 @@ def lanczos_top_eigenvalue(matvec: Callable, v0: jax.Array, num_iters: int, key=
     restart_key = jax.random.key(0) if key is None else key
     basis = jnp.zeros((k + 1, v0.shape[0]), v0.dtype).at[0].set(v0)
     diag, off = jnp.zeros(k, v0.dtype), jnp.zeros(k, v0.dtype)
-    tiny = jnp.finfo(v0.dtype).tiny
     # The steps run on A / 2^e, 2^e near |A v0|, and the answer is scaled back: a power of two
-    # rounds nothing, and the iteration's own sums of squares, projections and invariance test
-    # then work at unit scale whatever A's (in float32 they failed below 1e-18 and above 1e19).
+    # rounds nothing, and the projections and the invariance test then work near unit scale
+    # (in float32 they failed for operators below 1e-18 and above 1e19). Norms are taken at
+    # unit scale too (_unit): a later product can be far larger or smaller than A v0 (a
+    # start in A's null space).
     w0 = matvec(v0)
     up, down = _power_of_two_near(w0)
 
@@ -115,17 +119,16 @@ def lanczos_top_eigenvalue(matvec: Callable, v0: jax.Array, num_iters: int, key=
         a = jnp.vdot(basis[j], w)
         once = orthogonalised(basis, w)
         w = orthogonalised(basis, once)
-        b = jnp.linalg.norm(w)
+        unit, b = _unit(w)
         # twice is enough, unless the second pass took away half or more: then w lay in the
         # span to working precision (Kahan-Parlett) and what is left is rounding, not a new
         # direction. A test against |A v| instead either let that rounding through or (at
         # sqrt(eps)) took a start's small share of the top eigenvector for it.
-        invariant = b <= 0.5 * jnp.linalg.norm(once)
+        invariant = b <= 0.5 * _unit(once)[1]
         # j + 1 < k <= dimension: the basis leaves room for a fresh direction
         fresh = jax.random.normal(jax.random.fold_in(restart_key, j), w.shape, w.dtype)
         fresh = orthogonalised(basis, orthogonalised(basis, fresh))
-        w = jnp.where(invariant, fresh, w)
-        basis = basis.at[j + 1].set(w / jnp.maximum(jnp.linalg.norm(w), tiny))
+        basis = basis.at[j + 1].set(jnp.where(invariant, _unit(fresh)[0], unit))
         return basis, diag.at[j].set(a), off.at[j].set(jnp.where(invariant, 0.0, b))
 
     carry = step(0, (basis, diag, off), w0 * down)  # the first product serves the scale too
