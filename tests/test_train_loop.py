@@ -366,6 +366,35 @@ def test_lanczos_when_later_products_dwarf_the_first(top, rest):
     assert float(lam) == pytest.approx(top, rel=1e-5)
 
 
+def test_a_traced_zero_start_takes_a_random_direction():
+    """Under jit a zero v0 cannot be refused: it left Lanczos a spurious Ritz value of 0 (a
+    negative definite operator read 0) and the scale of a zero product (1e-30 read 53x high),
+    and power iteration returned 0."""
+    neg = -jnp.linspace(1.0, 3.0, 10)
+    lam = jax.jit(lambda v: lanczos_top_eigenvalue(lambda x: neg * x, v, 10))(jnp.zeros(10))
+    assert float(lam) == pytest.approx(-1.0, rel=1e-5)
+    small = jnp.linspace(1.0, 3.0, 10) * 1e-30
+    lam = jax.jit(lambda v: lanczos_top_eigenvalue(lambda x: small * x, v, 10))(jnp.zeros(10))
+    assert float(lam) == pytest.approx(3e-30, rel=1e-5)
+    dom, v = jax.jit(lambda v: power_iteration(lambda x: neg * x, v, 300))(jnp.zeros(10))
+    assert float(dom) == pytest.approx(-3.0, rel=1e-4)
+
+
+def test_a_float32_start_on_a_float64_operator_runs_in_float64():
+    """The basis took the start's type: the start normalised in float32 left k = n steps
+    4e-9 off the exact 3 for a float64 operator, and power iteration's loop refused the
+    float64 products of its float32 start."""
+    enable = getattr(jax, "enable_x64", None)
+    if enable is None:  # jax 0.6, the oldest sgdyn supports
+        from jax.experimental import enable_x64 as enable
+    with enable(True):
+        d = jnp.linspace(1.0, 3.0, 10, dtype=jnp.float64)
+        lam = lanczos_top_eigenvalue(lambda x: d * x, jnp.ones(10, jnp.float32), 10)
+        assert lam.dtype == jnp.float64 and abs(float(lam) - 3.0) <= 1e-13
+        dom, _ = power_iteration(lambda x: d * x, jnp.ones(10, jnp.float32), 400)
+        assert dom.dtype == jnp.float64 and float(dom) == pytest.approx(3.0, rel=1e-12)
+
+
 def test_power_iteration_near_the_float32_limit_and_integer_starts():
     a = jnp.diag(jnp.array([1e38, 5e37, 1e37], jnp.float32))
     for fn in (power_iteration, jax.jit(power_iteration, static_argnums=(0, 2))):

@@ -8,8 +8,9 @@ about 3 gradient evaluations. Units: loss per parameter^2 (nats, for cross-entro
 k Lanczos steps build an orthonormal basis of the Krylov space span(v, Hv, ..., H^(k-1) v)
 and the tridiagonal projection T of H on it; the largest eigenvalue of T approaches the
 largest algebraic eigenvalue of H far faster than power iteration with the same k products,
-and it does so even when a negative eigenvalue is larger in magnitude. ``power_iteration``
-(the dominant eigenpair, by magnitude) is kept for operators where that is what is wanted.
+and it does so even when a negative eigenvalue is larger in magnitude (to within the working
+precision times that magnitude). ``power_iteration`` (the dominant eigenpair, by magnitude)
+is kept for operators where that is what is wanted.
 """
 
 from __future__ import annotations
@@ -26,12 +27,6 @@ from .. import _checks
 def hvp(loss_fn: Callable, params, v):
     """Hessian-vector product H(params) v for a scalar ``loss_fn(params)``; v shaped like params."""
     return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
-
-
-def _float_vector(v0):
-    """v0 as an array of floats (an integer start vector is promoted, as JAX's norm did)."""
-    v0 = jnp.asarray(v0)
-    return v0 if jnp.issubdtype(v0.dtype, jnp.inexact) else v0.astype(jnp.result_type(float))
 
 
 def _power_of_two_near(w):
@@ -55,17 +50,24 @@ def _unit(w):
     return w / jnp.maximum(norm, jnp.finfo(w.dtype).tiny), norm * up
 
 
-def _unit_start(v0):
-    """v0 / |v0|, or a ValueError where v0 is concretely zero or not finite (a traced zero
-    gives the zero vector: power iteration then returns 0, Lanczos starts from its first
-    restart direction)."""
+def _unit_start(matvec, v0, key):
+    """v0 / |v0| in the operator's float type, or a ValueError where v0 is concretely zero or
+    not finite. A traced zero v0 (under jit) has no direction either: a random one drawn from
+    ``key`` stands in for it (the zero vector left Lanczos a spurious Ritz value of 0, and
+    power iteration 0). An integer v0 is promoted, a float32 one on a float64 operator is
+    normalised in float64 (normalised in float32, it left Lanczos 4e-9 off)."""
+    v0 = jnp.asarray(v0)
+    if not jnp.issubdtype(v0.dtype, jnp.inexact):
+        v0 = v0.astype(jnp.result_type(float))
+    v0 = v0.astype(jnp.result_type(v0, jax.eval_shape(matvec, v0)))
     unit, norm = _unit(v0)
     if _checks.is_concrete(norm):
         if not jnp.isfinite(norm):
             raise ValueError("v0 must be finite (no NaN or inf)")
         if norm == 0:
             raise ValueError("v0 must be a non-zero vector (the iteration's start)")
-    return unit
+        return unit
+    return jnp.where(norm == 0, _unit(jax.random.normal(key, v0.shape, v0.dtype))[0], unit)
 
 
 def power_iteration(matvec: Callable, v0: jax.Array, num_iters: int):
@@ -78,7 +80,7 @@ def power_iteration(matvec: Callable, v0: jax.Array, num_iters: int):
     _checks.positive_int("num_iters", num_iters)
     # a zero operator gives the zero vector (no 0/0: _unit's tiny floor)
     v = jax.lax.fori_loop(0, num_iters, lambda _, v: _unit(matvec(v))[0],
-                          _unit_start(_float_vector(v0)))
+                          _unit_start(matvec, v0, jax.random.key(0)))
     return jnp.vdot(v, matvec(v)), v
 
 
@@ -95,11 +97,10 @@ def lanczos_top_eigenvalue(matvec: Callable, v0: jax.Array, num_iters: int, key=
     and values far outside A's spectrum; stopping there would miss any eigenvalue outside that
     space."""
     _checks.positive_int("num_iters", num_iters)
-    v0 = _unit_start(_float_vector(v0))
-    k = min(int(num_iters), v0.shape[0])  # the Krylov space cannot outgrow the dimension
+    k = min(int(num_iters), jnp.shape(v0)[0])  # the Krylov space cannot outgrow the dimension
     restart_key = jax.random.key(0) if key is None else key
-    basis = jnp.zeros((k + 1, v0.shape[0]), v0.dtype).at[0].set(v0)
-    diag, off = jnp.zeros(k, v0.dtype), jnp.zeros(k, v0.dtype)
+    v0 = _unit_start(matvec, v0, jax.random.fold_in(restart_key, k))  # k: no restart's index
+    dtype = v0.dtype
     # The steps run on A / 2^e, 2^e near |A v0|, and the answer is scaled back: a power of two
     # rounds nothing, and the projections and the invariance test then work near unit scale
     # (in float32 they failed for operators below 1e-18 and above 1e19). Norms are taken at
@@ -107,6 +108,8 @@ def lanczos_top_eigenvalue(matvec: Callable, v0: jax.Array, num_iters: int, key=
     # start in A's null space).
     w0 = matvec(v0)
     up, down = _power_of_two_near(w0)
+    basis = jnp.zeros((k + 1, v0.shape[0]), dtype).at[0].set(v0)
+    diag, off = jnp.zeros(k, dtype), jnp.zeros(k, dtype)
 
     def orthogonalised(basis, w):
         # Gram-Schmidt against every earlier vector (the rows past j are still zero, so the
@@ -125,7 +128,7 @@ def lanczos_top_eigenvalue(matvec: Callable, v0: jax.Array, num_iters: int, key=
         # direction. A test against |A v| instead either let that rounding through or (at
         # sqrt(eps)) took a start's small share of the top eigenvector for it.
         invariant = b <= 0.5 * _unit(once)[1]
-        # j + 1 < k <= dimension: the basis leaves room for a fresh direction
+        # j + 1 <= k <= dimension; on the last step (j + 1 = k) the new row is never read
         fresh = jax.random.normal(jax.random.fold_in(restart_key, j), w.shape, w.dtype)
         fresh = orthogonalised(basis, orthogonalised(basis, fresh))
         basis = basis.at[j + 1].set(jnp.where(invariant, _unit(fresh)[0], unit))
@@ -142,10 +145,11 @@ def top_hessian_eigenvalue(loss_fn: Callable, params, key, num_iters: int = 20) 
     """lambda_max of the Hessian of ``loss_fn`` at ``params`` (largest algebraic eigenvalue),
     by ``num_iters`` Lanczos steps (one Hessian-vector product each) from a random start.
 
-    ``key`` draws the start vector (and any restart's direction). Measured on the five large-batch MNIST-1D MLPs of
-    ``experiments/large_batch.py`` (15 starts, against 1000 power iterations): 20 steps agree
-    to 6e-7 relative for every start, 10 steps for all but one (0.3% low). Power iteration
-    with 20 products had left that start 13% low, still near the second eigenvalue.
+    ``key`` draws the start vector (and any restart's direction). Measured on the five
+    large-batch MNIST-1D MLPs of ``experiments/large_batch.py`` (15 starts, against 1000
+    power iterations): 20 steps agree to 6e-7 relative for every start, 10 steps for all but
+    one (0.3% low). Power iteration with 20 products had left that start 13% low, still near
+    the second eigenvalue.
     """
     _checks.positive_int("num_iters", num_iters)
     flat, unravel = ravel_pytree(params)
