@@ -381,9 +381,10 @@ def test_a_traced_zero_start_takes_a_random_direction():
 
 
 def test_a_float32_start_on_a_float64_operator_runs_in_float64():
-    """The basis took the start's type: the start normalised in float32 left k = n steps
-    4e-9 off the exact 3 for a float64 operator, and power iteration's loop refused the
-    float64 products of its float32 start."""
+    """The basis took the start's type: a float32 start on a float64 operator ran k = n
+    steps in float32 (2.4e-7 off the exact 3), and power iteration's loop refused the float64
+    products of its float32 start. Under x64 a float32 operator's products (float32 from a
+    float64 start) once broke power iteration's loop too."""
     enable = getattr(jax, "enable_x64", None)
     if enable is None:  # jax 0.6, the oldest sgdyn supports
         from jax.experimental import enable_x64 as enable
@@ -393,6 +394,12 @@ def test_a_float32_start_on_a_float64_operator_runs_in_float64():
         assert lam.dtype == jnp.float64 and abs(float(lam) - 3.0) <= 1e-13
         dom, _ = power_iteration(lambda x: d * x, jnp.ones(10, jnp.float32), 400)
         assert dom.dtype == jnp.float64 and float(dom) == pytest.approx(3.0, rel=1e-12)
+        d32 = d.astype(jnp.float32)
+        dom, _ = power_iteration(lambda x: (d32 * x).astype(jnp.float32), jnp.ones(10), 400)
+        assert float(dom) == pytest.approx(3.0, rel=1e-6)
+    half = jnp.linspace(1.0, 3.0, 10, dtype=jnp.bfloat16)  # eigvalsh has no bfloat16
+    lam = lanczos_top_eigenvalue(lambda x: half * x, jnp.ones(10, jnp.bfloat16), 10)
+    assert float(lam) == pytest.approx(3.0, rel=1e-2)
 
 
 def test_power_iteration_near_the_float32_limit_and_integer_starts():

@@ -50,16 +50,17 @@ def _unit(w):
     return w / jnp.maximum(norm, jnp.finfo(w.dtype).tiny), norm * up
 
 
-def _unit_start(matvec, v0, key):
-    """v0 / |v0| in the operator's float type, or a ValueError where v0 is concretely zero or
-    not finite. A traced zero v0 (under jit) has no direction either: a random one drawn from
-    ``key`` stands in for it (the zero vector left Lanczos a spurious Ritz value of 0, and
-    power iteration 0). An integer v0 is promoted, a float32 one on a float64 operator is
-    normalised in float64 (normalised in float32, it left Lanczos 4e-9 off)."""
+def _unit_start(v0, key):
+    """v0 / |v0| in at least JAX's default float type (float64 under x64: a float32 start on a
+    float64 operator made the whole Lanczos iteration float32, 2.4e-7 off, and normalised in
+    float32 alone it still left 4e-9; integer, float16 and bfloat16 starts are promoted), or a
+    ValueError where v0 is concretely zero or not finite. A traced zero v0 (under jit) has no
+    direction either: a random one drawn from ``key`` stands in for it (the zero vector left
+    Lanczos a spurious Ritz value of 0, and power iteration 0)."""
     v0 = jnp.asarray(v0)
-    if not jnp.issubdtype(v0.dtype, jnp.inexact):
-        v0 = v0.astype(jnp.result_type(float))
-    v0 = v0.astype(jnp.result_type(v0, jax.eval_shape(matvec, v0)))
+    floor = jnp.result_type(float)
+    v0 = v0.astype(jnp.promote_types(v0.dtype, floor) if jnp.issubdtype(v0.dtype, jnp.inexact)
+                   else floor)
     unit, norm = _unit(v0)
     if _checks.is_concrete(norm):
         if not jnp.isfinite(norm):
@@ -78,9 +79,10 @@ def power_iteration(matvec: Callable, v0: jax.Array, num_iters: int):
     The eigenvalue error falls like (lambda_2 / lambda_1)^(2 k) after k iterations.
     """
     _checks.positive_int("num_iters", num_iters)
-    # a zero operator gives the zero vector (no 0/0: _unit's tiny floor)
-    v = jax.lax.fori_loop(0, num_iters, lambda _, v: _unit(matvec(v))[0],
-                          _unit_start(matvec, v0, jax.random.key(0)))
+    # a zero operator gives the zero vector (no 0/0: _unit's tiny floor); a product in a
+    # narrower type than the start's (a float32 operator under x64) is kept in the start's
+    v = jax.lax.fori_loop(0, num_iters, lambda _, v: _unit(matvec(v))[0].astype(v.dtype),
+                          _unit_start(v0, jax.random.key(0)))
     return jnp.vdot(v, matvec(v)), v
 
 
@@ -99,7 +101,7 @@ def lanczos_top_eigenvalue(matvec: Callable, v0: jax.Array, num_iters: int, key=
     _checks.positive_int("num_iters", num_iters)
     k = min(int(num_iters), jnp.shape(v0)[0])  # the Krylov space cannot outgrow the dimension
     restart_key = jax.random.key(0) if key is None else key
-    v0 = _unit_start(matvec, v0, jax.random.fold_in(restart_key, k))  # k: no restart's index
+    v0 = _unit_start(v0, jax.random.fold_in(restart_key, k))  # k: no restart's index
     dtype = v0.dtype
     # The steps run on A / 2^e, 2^e near |A v0|, and the answer is scaled back: a power of two
     # rounds nothing, and the projections and the invariance test then work near unit scale
