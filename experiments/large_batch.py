@@ -144,8 +144,13 @@ def calibrate(model, data, cfg: dict) -> dict:
     out = dict(fisher_mean_diag=fbar, initial_loss=loss0, fisher_factor=factor)
     out["iso_scale"] = cfg["iso_scale"] if cfg["iso_scale"] is not None else var ** 0.5
     out["pld_sigma_g"] = cfg["pld_sigma_g"] if cfg["pld_sigma_g"] is not None else 0.0
+    if cfg["pld_sigma_h"] is None and loss0 - cfg["pld_loss_ref"] < 1e-3:
+        # the noise scales with max(L - L_ref, 0): from below L_ref it would never be added
+        raise ValueError(f"pld-loss-ref must lie below the initial loss L_0 = {loss0:.4g} to "
+                         f"calibrate --pld-sigma-h, got {cfg['pld_loss_ref']}; give "
+                         f"--pld-sigma-h, or a lower --pld-loss-ref")
     out["pld_sigma_h"] = cfg["pld_sigma_h"] if cfg["pld_sigma_h"] is not None else (
-        var / max(loss0 - cfg["pld_loss_ref"], 1e-3))
+        var / (loss0 - cfg["pld_loss_ref"]))
     out["reweight_scale"] = cfg["reweight_scale"] if cfg["reweight_scale"] is not None else (
         T.reweighting_scale(cfg["small_batch"], cfg["large_batch"]))
     return out
@@ -157,8 +162,10 @@ def _check(cfg: dict) -> list[str]:
     for k in ("epochs", "small_batch", "large_batch", "seeds", "width", "depth", "fisher_examples"):
         _checks.positive_int(k.replace("_", "-"), cfg[k])
     _checks.positive("lr", cfg["lr"])
-    if cfg["seed"] < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {cfg['seed']}")
+    if not 0 <= cfg["seed"] <= 2**32 - cfg["seeds"]:  # train() takes seeds in [0, 2^32)
+        raise ValueError(f"seed must be an integer in [0, 2^32 - seeds] = [0, "
+                         f"{2**32 - cfg['seeds']}] (the seeds are seed, ..., seed + seeds - 1), "
+                         f"got {cfg['seed']}")
     if cfg["num_samples"] is not None:
         _checks.positive_int("num-samples", cfg["num_samples"])
     if cfg["sharpness_examples"] is not None:
@@ -208,7 +215,8 @@ def _summary(res) -> dict:
 
 
 def prepare(cfg: dict):
-    """Validate the configuration and load the data: every bad flag fails here, before training."""
+    """Validate the configuration, load the data and calibrate the noise scales: every bad flag
+    fails here, before training. Returns (methods, data, model, calibration)."""
     from sgdyn import train as T
 
     methods = _check(cfg)
@@ -218,7 +226,7 @@ def prepare(cfg: dict):
             raise ValueError(f"{k.replace('_', '-')} must be <= the number of training examples "
                              f"({data.n_train}), got {cfg[k]}")
     model = T.make_model(cfg["model"], data.num_classes, width=cfg["width"], depth=cfg["depth"])
-    return methods, data, model
+    return methods, data, model, calibrate(model, data, cfg)
 
 
 def _finished(progress_file, run_id: dict) -> dict:
@@ -243,8 +251,7 @@ def run_experiment(cfg: dict, prepared=None, log=print, progress_file=None) -> d
     from sgdyn import io
     from sgdyn import train as T
 
-    methods, data, model = prepared if prepared is not None else prepare(cfg)
-    cal = calibrate(model, data, cfg)
+    methods, data, model, cal = prepared if prepared is not None else prepare(cfg)
     import jax
 
     # same flags, code and device count (the seeds' split over devices moves last digits)

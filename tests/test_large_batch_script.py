@@ -52,6 +52,8 @@ def test_quick_run_writes_table_and_figure(tmp_path):
     (["--dataset", "npz"], "path"),
     (["--data-path", "mine.npz"], "data-path"),  # once trained on MNIST-1D, its flags said mine
     (["--no-such-flag"], "no-such-flag"),
+    (["--quick", "--seed", str(2**32 - 1), "--seeds", "2"], "seed"),  # 2^32 would wrap to 0
+    (["--quick", "--pld-loss-ref", "5"], "pld-loss-ref"),  # above L_0: no PLD noise, ever
 ])
 def test_bad_flags_one_line_and_nonzero_exit(argv, word, capsys):
     with pytest.raises(SystemExit) as exc:

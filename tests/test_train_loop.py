@@ -47,6 +47,29 @@ def poisoned_sgd(lr, key):
     return optax.GradientTransformationExtraArgs(lambda p: jnp.zeros((), jnp.int32), update)
 
 
+def blown_up_sgd(lr, key):
+    """SGD whose last step of epoch 2 (count 11) multiplies the weights of seeds trained at
+    lr > 0.205 by 1e30: still finite, but their logits overflow (a NaN loss no batch of the
+    epoch saw)."""
+
+    def update(updates, count, params=None, **extra):
+        bad = (count == 11) & (lr > 0.205)
+        return jax.tree.map(lambda g, p: jnp.where(bad, 1e30 * p, -lr * g), updates,
+                            params), count + 1
+
+    return optax.GradientTransformationExtraArgs(lambda p: jnp.zeros((), jnp.int32), update)
+
+
+def value_checking_sgd(lr, key):
+    """SGD that needs Optax's value= (like optax.polyak_sgd) and steps as SGD only where it
+    equals loss=."""
+
+    def update(updates, count, params=None, *, value, loss, **extra):
+        return jax.tree.map(lambda g: -lr * g * (1 + (value - loss)), updates), count + 1
+
+    return optax.GradientTransformationExtraArgs(lambda p: jnp.zeros((), jnp.int32), update)
+
+
 def run(seeds, lr=0.2, optimizer_fn=sgd, **kw):
     kw = {"batch_size": 32, "epochs": 3, "sharpness_iters": 5, **kw}
     return train(MODEL, DATA, optimizer_fn, lr=lr, seeds=seeds, **kw)
@@ -183,6 +206,35 @@ def test_nan_seed_stops_alone():
     assert np.all(np.isfinite(ok.final()["test_acc"]))
 
 
+def test_a_loss_that_turns_nan_after_the_last_step_is_flagged():
+    """Finite weights that give a NaN loss after an epoch's last step mark their seed diverged
+    at the next step, whether or not another epoch follows (with 2 epochs it used to go
+    unflagged, NaN losses and all), and freeze it there."""
+    runs = []
+    for epochs in (2, 3):
+        with pytest.warns(RuntimeWarning, match=r"seeds \[1\] diverged .* at steps \[12\]"):
+            runs.append(run([0, 1, 2], lr=[0.2, 0.21, 0.2], optimizer_fn=blown_up_sgd,
+                            epochs=epochs, sharpness_iters=0))
+    healthy = run([0, 1, 2], lr=[0.2, 0.21, 0.2], epochs=3, sharpness_iters=0)
+    for res in runs:
+        assert res.diverged.tolist() == [False, True, False]
+        assert res.diverged_step.tolist() == [-1, 12, -1]
+        assert np.isnan(res.train_loss[1:, 1]).all()
+        same_numbers(res.train_loss[:, [0, 2]], healthy.train_loss[:len(res.train_loss), [0, 2]])
+    for a, b in zip(jax.tree.leaves(runs[0].params), jax.tree.leaves(runs[1].params)):
+        np.testing.assert_array_equal(a[1], b[1])  # frozen after epoch 2
+        assert np.all(np.isfinite(a[1]))
+
+
+def test_updates_get_optax_value_as_the_batch_loss():
+    np.testing.assert_array_equal(
+        run([0, 1], optimizer_fn=value_checking_sgd, epochs=2, sharpness_iters=0).train_loss,
+        run([0, 1], epochs=2, sharpness_iters=0).train_loss)
+    res = run([0], optimizer_fn=lambda lr, k: optax.polyak_sgd(max_learning_rate=lr), epochs=1,
+              sharpness_iters=0)
+    assert np.all(np.isfinite(res.train_loss))
+
+
 def closure_noise(lr, key):
     """Pure noise drawn from the construction key (fold_in by step), not kept in opt_state."""
 
@@ -235,6 +287,8 @@ def test_bad_arguments_name_the_argument():
         run([0], per_example_grads=0)
     with pytest.raises(ValueError, match="seeds"):
         run([2**32])  # would wrap to seed 0 as uint32
+    with pytest.raises(TypeError, match="optimizer_fn"):
+        run([0], optimizer_fn=lambda lr, key: None)
     with pytest.raises(ValueError, match="num_classes"):  # else a NaN loss, read as divergence
         train(MLP(hidden=(16,), num_classes=3), DATA, sgd, lr=0.1, batch_size=32, epochs=1)
     one_based = Dataset(DATA.x_train, DATA.y_train + 1, DATA.x_test, DATA.y_test,

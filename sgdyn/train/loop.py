@@ -9,7 +9,10 @@ the sharpness start vector, so a seed gives the same numbers alone or inside a v
 
 A step whose batch loss or new parameters are not finite (NaN or inf) is not applied: that seed's
 parameters and optimizer state freeze at their last finite values, it is marked diverged (with
-the global step index, and a RuntimeWarning names it) and the other seeds carry on.
+the global step index, and a RuntimeWarning names it) and the other seeds carry on. So is a seed
+whose loss over the training or the test set is not finite after an epoch (finite weights whose
+logits overflow, on examples no batch of the epoch had seen them on), at the step that would
+have followed: its weights freeze there.
 
 Checking every step costs a pass over the weights per step (11-18% of a batch-32 MNIST-1D step),
 so an epoch first runs unchecked, and is run again with the check only when a seed's losses or
@@ -101,6 +104,17 @@ def _all_finite(tree):
 _select_seeds = jax.vmap(_select)  # one predicate per seed (the leading axis of every leaf)
 
 
+@jax.jit
+def _flag_nonfinite(diverged, diverged_step, step, *losses):
+    """(diverged, diverged_step) with the seeds whose ``losses`` (over whole data sets, after an
+    epoch) are not finite marked diverged at ``step``. The epoch's checks see a batch's loss
+    only before its step: weights left by the last step, or whose logits overflow only on
+    examples outside the batches, gave NaN losses and were never flagged."""
+    finite = functools.reduce(jnp.logical_and, [jnp.isfinite(loss) for loss in losses])
+    new = ~diverged & ~finite
+    return diverged | new, jnp.where(new, step, diverged_step)
+
+
 def _seed_keys(seed):
     """(init, optimizer noise, loop, sharpness) keys of one seed, four independent streams."""
     return jax.random.split(jax.random.key(seed), 4)
@@ -137,9 +151,13 @@ def init_params(model, seeds: Sequence[int], x):
 
 
 def _optimizer(optimizer_fn, lr, key):
-    # every update gets loss= (and per_example_grads=): a plain Optax transformation, which
-    # takes no extra arguments, is wrapped to ignore them
-    return optax.with_extra_args_support(optimizer_fn(lr, key))
+    # every update gets loss= and value= (and per_example_grads=): a plain Optax
+    # transformation, which takes no extra arguments, is wrapped to ignore them
+    tx = optimizer_fn(lr, key)
+    if not isinstance(tx, optax.GradientTransformation):
+        raise TypeError(f"optimizer_fn(lr, key) must return an Optax GradientTransformation, "
+                        f"got {type(tx).__name__}")
+    return optax.with_extra_args_support(tx)
 
 
 @functools.lru_cache(maxsize=32)
@@ -171,7 +189,7 @@ def _compiled(model, optimizer_fn, batch_size, steps, per_example, weight_scale)
                 return obj, mean
 
             (_, loss), grads = jax.value_and_grad(objective, has_aux=True)(s.params)
-            extra = {"loss": loss}
+            extra = {"loss": loss, "value": loss}  # value: Optax's name (polyak_sgd reads it)
             if per_example:
                 # the batch is already a random draw, so its first m rows are a random subset
                 m = per_example
@@ -307,7 +325,9 @@ def train(model, data: Dataset, optimizer_fn: OptimizerFn, *, lr, batch_size: in
     arguments below are passed to those that take them). Compiled programs are cached per
     ``optimizer_fn`` object: pass the same function to every call (a fresh lambda each call
     compiles again, about a second). ``lr``: one value or one per seed. Each update receives
-    ``loss=`` (the unweighted batch loss) and, with ``per_example_grads=True``,
+    ``loss=`` and ``value=`` (both the unweighted batch loss, at the weights before the step:
+    ``value`` is Optax's name, read by ``optax.polyak_sgd`` and
+    ``optax.contrib.reduce_on_plateau``) and, with ``per_example_grads=True``,
     ``per_example_grads=`` (an integer m: those of the first m examples of the random batch only,
     B/m x less memory; an injection built from them then sees a batch of m).
     ``loss_weight_scale`` s > 0 differentiates the reweighted loss (1/B) sum (1 + s z_i) l_i.
@@ -347,6 +367,9 @@ def train(model, data: Dataset, optimizer_fn: OptimizerFn, *, lr, batch_size: in
             loss, acc = metrics(state.params, xs, ys)
             hist[f"{split}_loss"].append(loss)
             hist[f"{split}_acc"].append(acc)
+        diverged, diverged_step = _flag_nonfinite(state.diverged, state.diverged_step, state.step,
+                                                  hist["train_loss"][-1], hist["test_loss"][-1])
+        state = state._replace(diverged=diverged, diverged_step=diverged_step)
     if sharp is not None:
         m = data.n_train if sharpness_examples is None else min(sharpness_examples, data.n_train)
         sharpness = np.asarray(sharp(state.params, jnp.asarray(seeds), x[:m], y[:m]))
@@ -362,7 +385,7 @@ def train(model, data: Dataset, optimizer_fn: OptimizerFn, *, lr, batch_size: in
     if diverged.any():
         warnings.warn(f"seeds {seeds[diverged].tolist()} diverged (non-finite loss or weights) at "
                       f"steps {np.asarray(state.diverged_step)[diverged].tolist()}; their weights "
-                      f"are frozen at the last finite values", RuntimeWarning, stacklevel=2)
+                      f"are frozen there", RuntimeWarning, stacklevel=2)
     return TrainResult(seeds=seeds, lr=lr, **hist, diverged=diverged,
                        diverged_step=np.asarray(state.diverged_step), sharpness=sharpness,
                        params=jax.device_get(state.params), steps_per_epoch=steps,
