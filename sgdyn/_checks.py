@@ -31,6 +31,15 @@ def finite(name: str, value: Any) -> Any:
     return value
 
 
+def scalar(name: str, value: Any) -> Any:
+    """One finite number, not an array of them (a vector parameter broadcast deep inside a
+    kernel fails there without naming it, or silently means something else)."""
+    finite(name, value)
+    if np.ndim(value) != 0:
+        raise ValueError(f"{name} must be one number, got shape {np.shape(value)}")
+    return value
+
+
 def positive(name: str, value: Any) -> Any:
     """Finite and strictly positive (every element, for arrays)."""
     arr = _as_float_array(name, finite(name, value))

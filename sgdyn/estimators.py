@@ -61,14 +61,14 @@ EXTRAPOLATED = "the mean exit time .* (times t_max|constant exit rate)"
 # what a script keeps with its results: those, a boundary correction on weak increments, and
 # an estimate with no data (every particle diverged)
 RECORDED = (EXTRAPOLATED + "|correction=.* assumes Gaussian increments"
-            + "|all .* particles diverged")
+            + "|all .* particles diverged" + "|no particle escaped")
 
 
 @contextlib.contextmanager
 def recorded_extrapolations(ignore_other_runtime_warnings: bool = False):
     """Collect the warnings about a measurement raised inside (``RECORDED``: an extrapolated
     or not-yet-memoryless estimate, a correction on weak increments, an estimate with no data
-    because every particle diverged; each message once) into
+    because every particle diverged, or none escaped; each message once) into
     the list it yields, for a script to keep with its results; every other warning is shown
     as usual on leaving (other RuntimeWarnings dropped if ``ignore_other_runtime_warnings``)."""
     flagged: list[str] = []
@@ -279,6 +279,10 @@ def exit_time_estimate(time, escaped, censored=None, diverged=None, confidence=0
     if k == 0:  # no escape: only a lower bound on the mean is known
         s = float(time[censored].sum())
         low = 2 * s / stats.chi2.ppf(1 - alpha / 2, 2) if s > 0 else 0.0
+        warnings.warn(f"no particle escaped by t_max = {t_max:.4g} ({m} censored): the mean "
+                      f"exit time is infinite as estimated, and only bounded below, by "
+                      f"{low:.4g} at {confidence:.0%} confidence; a longer t_max measures it",
+                      RuntimeWarning, stacklevel=_checks.stacklevel_outside_sgdyn())
         return result(math.inf, (low, math.inf), "exponential-mle")
     if m == 0:
         if k == 1:

@@ -25,8 +25,8 @@ from . import _checks
 from .checkpoint import Checkpoint, fingerprint
 from .ensemble import MAX_STEPS, ExitRecord, exits_unchecked, simulate_samples
 from .estimators import ExitEstimate, exit_time_estimate
-from .regions import check_correction, check_dim, check_start
-from .runner import check_options, run_exits
+from .regions import check_correction, check_region, check_start
+from .runner import check_bound, check_options, run_exits
 
 _STATIC = ("n_particles", "correction", "ticks_per_block")
 CHECKPOINT_MIN_CHUNK = 2**14  # particles per checkpointed chunk at least (a CPU's slot count)
@@ -52,12 +52,13 @@ def _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size,
     n_particles = _checks.positive_int("n_particles", n_particles)
     if n_particles >= 2**32:  # particle ids are uint32 (they index the noise streams)
         raise ValueError(f"n_particles must be < 2^32, got {n_particles}")
-    if np.ndim(t_max) != 0:
-        raise ValueError(f"t_max must be one number, got shape {np.shape(t_max)}")
-    _checks.positive("t_max", t_max)
+    _checks.positive("t_max", _checks.scalar("t_max", t_max))
+    if np.ndim(dynamic.dt) != 0:  # else a TypeError from float(dt) naming nothing
+        raise ValueError(f"dynamic must be one dynamic, not a stack of {np.shape(dynamic.dt)[0]} "
+                         f"(sgdyn.stack): pass the list to sweep_exit_times")
     check_correction(correction, dynamic)
     x0 = _start(dynamic, x0)
-    check_dim(region, dynamic.dim)
+    check_region(region, dynamic.dim)
     dt = np.asarray(dynamic.dt)
     # step counts are int32, and a block may run up to ticks_per_block x steps_per_tick steps
     # (at most 2^30, ensemble._check_block) past t_max before it is censored
@@ -121,7 +122,7 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
                                 confidence)
     check_start(region, x0)
     check_options(n_slots, min_bucket)  # before any chunk, even if all come from a checkpoint
-    _checks.positive("divergence_bound", divergence_bound)
+    check_bound(divergence_bound, x0)
     chunk = chunk_size or n_particles
     if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
         checkpoint = Checkpoint(checkpoint)

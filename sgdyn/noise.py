@@ -50,7 +50,7 @@ class Isotropic:
 
     @staticmethod
     def make(sigma2) -> "Isotropic":
-        _checks.positive("sigma2", sigma2)
+        _checks.positive("sigma2", _checks.scalar("sigma2", sigma2))
         return Isotropic(jnp.asarray(sigma2, float))
 
     def factor(self, landscape, x):
@@ -66,7 +66,7 @@ class HessianNoise:
 
     @staticmethod
     def make(landscape, sigma2) -> "HessianNoise":
-        _checks.positive("sigma2", sigma2)
+        _checks.positive("sigma2", _checks.scalar("sigma2", sigma2))
         _one_landscape("HessianNoise", landscape)
         eig, chol = _hessian_at_minimum(landscape)
         if not np.all(np.asarray(eig) > 0):
@@ -94,8 +94,8 @@ class PLDLocal:
 
     @staticmethod
     def make(sigma_g, sigma_h, shape=None) -> "PLDLocal":
-        _checks.positive("sigma_g", sigma_g)
-        _checks.nonnegative("sigma_h", sigma_h)
+        _checks.positive("sigma_g", _checks.scalar("sigma_g", sigma_g))
+        _checks.nonnegative("sigma_h", _checks.scalar("sigma_h", sigma_h))
         return PLDLocal(jnp.asarray(sigma_g, float), jnp.asarray(sigma_h, float),
                         _shape_factor(shape))
 
@@ -163,8 +163,8 @@ class PLDLoss:
     @staticmethod
     def make(landscape, sigma_g, sigma_h, shape=None) -> "PLDLoss":
         """h_a is the landscape's ``curvature_at_minimum()`` (mean Hessian eigenvalue in d-D)."""
-        _checks.positive("sigma_g", sigma_g)
-        _checks.nonnegative("sigma_h", sigma_h)
+        _checks.positive("sigma_g", _checks.scalar("sigma_g", sigma_g))
+        _checks.nonnegative("sigma_h", _checks.scalar("sigma_h", sigma_h))
         _one_landscape("PLDLoss", landscape)
         loss_ref, h_ref = _basin(landscape)
         if not np.all(np.asarray(h_ref) > 0):

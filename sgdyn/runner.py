@@ -179,6 +179,17 @@ def check_options(n_slots, min_bucket) -> None:
         _checks.positive_int("n_slots", n_slots)
 
 
+def check_bound(divergence_bound, x0) -> None:
+    """ValueError naming ``divergence_bound`` unless it is > 0 and past the start: NaN, 0, a
+    negative bound or one at or inside |x0_j| would mark every particle diverged at its first
+    step."""
+    _checks.positive("divergence_bound", divergence_bound)
+    reach = np.max(np.abs(np.asarray(x0, float)))
+    if not np.all(reach < np.asarray(divergence_bound, float)):
+        raise ValueError(f"divergence_bound must exceed the start's largest |x0_j| = {reach:.4g} "
+                         f"(a particle past it is diverged), got {divergence_bound!r}")
+
+
 def _fresh_state(lay: _Layout, x0, first: int, n: int, per_dev: int):
     """(state, outcomes) of particles first .. first + n - 1 split into one queue per device,
     each device's first per_dev particles in its slots at x0 (shape (d,), the engine's float
@@ -248,8 +259,7 @@ def run_exits(key, dynamic, region, x0, first: int, n: int, t_max, *, correction
     ``min_bucket`` None: ``default_min_bucket``; ``first_tier=False`` starts on the full
     array (a caller about to run the same shape many times: one compilation serves them)."""
     check_options(n_slots, min_bucket)
-    # NaN, 0 or a negative bound would mark every particle diverged at its first step
-    _checks.positive("divergence_bound", divergence_bound)
+    check_bound(divergence_bound, x0)
     dtype = jnp.zeros(()).dtype
     x0 = np.asarray(x0, dtype)
     # the step count is computed once, here, and handed to the kernel as an integer

@@ -7,6 +7,7 @@ included (99.9% ones put single tests at 1 in 1000 and the ten-assertion SGD noi
 """
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ import pytest
 from scipy import stats
 
 import sgdyn as sg
-from sgdyn import rng, sharding
+from sgdyn import estimators, rng, sharding
 from sgdyn.build import make_dynamic
 from sgdyn import theory as th
 
@@ -893,6 +894,27 @@ def test_building_a_dynamic_compiles_one_program_per_evaluation(caplog):
     assert len(compiled) <= 2, compiled
 
 
+def test_a_halfspace_made_from_any_direction_is_its_unit_twin():
+    """Halfspace.make normalises: {2x < 2} with Gobet's correction gives Threshold(1)'s record
+    (a direction of length 2 built directly read exit times 9% long, and is now refused)."""
+    dyn = sg.EulerMaruyama.make(OU, 0.02)
+    a, b = (sg.measure_exit_times(jax.random.key(0), dyn, region, [0.0], 2000, 20.0,
+                                  correction="gobet").record
+            for region in (sg.Threshold(1.0), sg.Halfspace.make([2.0], 2.0)))
+    np.testing.assert_array_equal(a.time, b.time)
+    np.testing.assert_array_equal(a.escaped, b.escaped)
+    tilted = sg.Halfspace.make([3.0, 4.0], 10.0)
+    np.testing.assert_allclose(tilted.direction, [0.6, 0.8], rtol=1e-7)
+    assert float(tilted.level) == pytest.approx(2.0)
+
+
+def test_no_escape_warns_that_the_mean_is_only_bounded_below():
+    with pytest.warns(RuntimeWarning, match="no particle escaped by t_max = 10 .*bounded below"):
+        est = sg.exit_time_estimate(np.full(50, 10.0), np.zeros(50, bool))
+    assert est.mean == math.inf and 0 < est.ci[0] < math.inf
+    assert re.match(estimators.RECORDED, "no particle escaped by t_max = 10")  # scripts keep it
+
+
 def test_divergent_particles_are_counted_apart():
     sde = sg.SDE.make(sg.Quadratic.make(1.0), sg.Isotropic.make(1e-4), lr=2.5, batch_size=1)
     with pytest.warns(RuntimeWarning, match="all 100 particles diverged"):
@@ -1022,6 +1044,27 @@ def test_divergent_samples_are_flagged_and_nan_from_then_on(increments):
         (lambda: sg.HessianNoise.make(sg.stack([sg.Quadratic.make(1.0),
                                                 sg.Quadratic.make(2.0, center=0.5)]), 1.0),
          "one noise per member"),
+        # vectors where one number is meant: once failed deep in a kernel, naming nothing (or
+        # ran a 2-vector sigma2 as diagonal noise in 2-D)
+        (lambda: sg.Threshold([1.0, 2.0]), "level"),
+        (lambda: sg.Ball.make([0.0], [1.0, 2.0]), "radius"),
+        (lambda: sg.Interval.make(np.array([-1, 0]), np.array([1, 2])), "low"),
+        (lambda: sg.Isotropic.make([1.0, 2.0]), "sigma2"),
+        (lambda: sg.PLDLocal.make(1.0, [1.0, 2.0]), "sigma_h"),
+        (lambda: sg.measure_exit_times(jax.random.key(0), sg.stack([sg.EulerMaruyama.make(OU)] * 2),
+                                       sg.Interval.make(-1, 1), [0.0], 10, 1.0), "dynamic"),
+        # a start past the bound: every particle diverged at its first step, "no-data"
+        (lambda: sg.measure_exit_times(jax.random.key(0), sg.EulerMaruyama.make(OU),
+                                       sg.Interval.make(-3, 3), [-2.0], 10, 1.0,
+                                       divergence_bound=1.5), "divergence_bound"),
+        (lambda: sharding.measure_exit_times_sharded(
+            jax.random.key(0), sg.EulerMaruyama.make(OU), sg.Interval.make(-3, 3), [-2.0], 10,
+            1.0, divergence_bound=1.5), "divergence_bound"),
+        # a Halfspace's distance must be one: the corrections read it against the noise
+        (lambda: sg.measure_exit_times(jax.random.key(0), sg.EulerMaruyama.make(OU),
+                                       sg.Halfspace(jnp.array([2.0]), jnp.array(2.0)), [0.0],
+                                       10, 1.0), "unit vector"),
+        (lambda: sg.Halfspace.make([0.0, 0.0], 1.0), "direction"),
     ],
 )
 def test_bad_arguments_raise_before_compiling(call, name):
