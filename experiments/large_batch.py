@@ -345,6 +345,11 @@ def main(argv=None) -> dict:
         cfg = {k: (v if getattr(ns, k, None) is None else getattr(ns, k))
                for k, v in base.items()}
         cfg["quick"] = bool(ns.quick)
+        if cfg["dataset"] == "npz":  # the file holds its own split: a count would be ignored
+            if ns.num_samples is not None:
+                raise ValueError("num-samples applies to the generated data sets (mnist1d, "
+                                 "teacher_student), not --dataset npz")
+            cfg["num_samples"] = None
         fresh, quiet = bool(ns.fresh), bool(ns.quiet)
         prepared = prepare(cfg)
     except (_BadFlags, ValueError, TypeError) as e:

@@ -1,7 +1,7 @@
 """Regenerate every figure in figures/ from nothing: the four theory experiments (sharp_flat,
 barrier, tails, discretization) and the large-batch training experiment.
 
-    python experiments/reproduce.py            # full run -> figures/*.png + *.json (~4 min on 2 cores)
+    python experiments/reproduce.py            # full run -> figures/*.png + *.json (~2 min on 2 cores)
     python experiments/reproduce.py --quick    # everything small -> results/reproduce_quick/
 
 Each figure gets a JSON beside it with the plotted numbers, flags, seeds, package versions and

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import _checks, theory
 from .build import THEORY_NOISE, make_dynamic, make_landscape
+from .ensemble import MAX_STEPS
 from .estimators import recorded_extrapolations
 from .measure import measure_exit_times
 from .regions import Ball, Threshold
@@ -48,7 +49,8 @@ def theory_values(cfg: dict) -> dict:
     noise, params = theory_noise(cfg)
     common = dict(lr=cfg["lr"], batch_size=theory_batch_size(cfg))
     out = {"exact_mean_exit_time": theory.kramers_exit_time(
-        **well, **common, noise=noise, to=cfg["to"], n_lengths=cfg["n_lengths"], **params)}
+        **well, **common, noise=noise, to=cfg["to"],
+        n_lengths=None if cfg["to"] == "saddle" else cfg["n_lengths"], **params)}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if noise == "langevin":
@@ -82,6 +84,21 @@ def exit_region(cfg: dict, landscape):
     return Ball.make(np.asarray(landscape.minimum), cfg["radius"])
 
 
+def _unstable_at_start(landscape, dt: float) -> str | None:
+    """A warning where a step of dt is unstable at the minimum the particles start in (dt times
+    its top curvature >= 2: gradient descent overshoots), None otherwise. Such a chain leaves
+    by the step's instability, in a few steps, whatever the noise (Styblinski-Tang's shallow
+    minimum, h = 58.5, at the default lr = 0.1: 0.33 time units)."""
+    d = landscape.dim
+    h = np.asarray(landscape.hessian(landscape.minimum), float).reshape(d, d)
+    top = float(np.max(np.linalg.eigvalsh(h)))
+    if dt * top < 2:
+        return None
+    return (f"the step dt = {dt:.4g} (lr for SGD) times the start's top curvature {top:.4g} is "
+            f"{dt * top:.3g} >= 2: the chain is unstable at the minimum and leaves it by "
+            f"overshooting, not by noise; a smaller --dt (or --lr) measures a noise-driven escape")
+
+
 def escape_time_experiment(cfg: dict) -> dict:
     """Run one measurement described by ``cfg`` (the script's flags) and return the JSON dict."""
     start = time.time()
@@ -99,13 +116,23 @@ def escape_time_experiment(cfg: dict) -> dict:
     if t_max is None:
         exact = theory_out.get("exact_mean_exit_time")
         if exact is None:
-            raise ValueError("t_max is required when no exact exit time is known")
+            raise ValueError("--t-max is required where no exact exit time is known (the "
+                             "default is 20 times it)")
         t_max = 20 * exact
+        if t_max / float(dynamic.dt) > MAX_STEPS:  # else an error about a t_max never given
+            raise ValueError(f"the default --t-max, 20 times the exact mean exit time "
+                             f"{exact:.4g}, is {t_max / float(dynamic.dt):.3g} steps, past "
+                             f"the 2^30 a run can take: the escape is too slow to simulate; "
+                             f"raise the noise or lower the barrier (or give --t-max to "
+                             f"measure a censored run)")
     with recorded_extrapolations() as flagged:
         res = measure_exit_times(jax.random.key(cfg["seed"]), dynamic, region,
                                  np.asarray(landscape.minimum), cfg["particles"], t_max,
                                  correction=cfg["correction"], chunk_size=cfg["chunk_size"],
                                  checkpoint=cfg.get("checkpoint"))
+    unstable = _unstable_at_start(landscape, float(dynamic.dt))
+    if unstable:
+        flagged.append(unstable)
     for message in flagged:
         print(f"warning: {message}", file=sys.stderr)
     out = {"arguments": cfg, "t_max": res.record.t_max, **res.estimate.as_dict(), **theory_out,

@@ -113,6 +113,10 @@ def test_sgd_dynamics_from_the_cli(tmp_path):
         # given at its default value, still ignored (once accepted: compared with the default)
         (["--to", "saddle", "--n-lengths", "4"], "--n-lengths does not apply"),
         (["--landscape", "quadratic", "--barrier", "0.3"], "--barrier does not apply"),
+        # once named t_max, a flag-less library argument, and a t_max the user never gave
+        (["--landscape", "quadratic"], "--t-max is required"),
+        (["--dynamics", "sgd", "--without-replacement", "--n-examples", "10", "--batch-size",
+          "9"], "the default --t-max"),
     ],
 )
 def test_bad_flags_print_one_line_and_exit_nonzero(args, needle):
@@ -184,3 +188,17 @@ def test_every_particle_diverged_prints_valid_json_and_keeps_the_warning(tmp_pat
     saved = json.loads(out.read_text())
     assert printed["ci95"] == saved["ci95"] == [None, None]
     assert saved["warnings"] == ["all 100 particles diverged: no exit-time estimate"]
+
+
+def test_a_step_unstable_at_the_start_is_flagged(tmp_path):
+    """Styblinski-Tang's shallow minimum (h = 58.5) at lr = 0.1: every particle 'escapes' in a
+    few steps by overshooting, which the JSON must say (once it read as a plain exit time)."""
+    def flagged(*lr):
+        out = tmp_path / "st.json"
+        proc = run("--landscape", "styblinski_tang", "--dynamics", "langevin", *lr,
+                   "--particles", "100", "--t-max", "2", "--json", str(out))
+        assert proc.returncode == 0, proc.stderr
+        return [w for w in json.loads(out.read_text())["warnings"] if "unstable" in w]
+
+    assert flagged() and "5.85 >= 2" in flagged()[0]
+    assert not flagged("--lr", "0.01")  # 0.585 < 2

@@ -217,5 +217,6 @@ def test_points_extrapolated_far_past_t_max_are_flagged_in_the_json(tmp_path, ca
     (the scripts once silenced every RuntimeWarning, this one included)."""
     payload = _load("barrier").main(["--quick", "--quiet", "--t-max-factor", "0.05", "--out",
                                      str(tmp_path)])
-    assert payload["warnings"] and all("times t_max" in w for w in payload["warnings"])
+    assert payload["warnings"] and all("times t_max" in w or "no particle escaped" in w
+                                       for w in payload["warnings"])  # (one point: none did)
     assert "times t_max" in capsys.readouterr().err  # --quiet silences progress, not this

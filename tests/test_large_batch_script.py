@@ -51,6 +51,7 @@ def test_quick_run_writes_table_and_figure(tmp_path):
     (["--methods", "small,bogus"], "methods"),
     (["--dataset", "npz"], "path"),
     (["--data-path", "mine.npz"], "data-path"),  # once trained on MNIST-1D, its flags said mine
+    (["--dataset", "npz", "--data-path", "d.npz", "--num-samples", "10"], "num-samples"),
     (["--no-such-flag"], "no-such-flag"),
     (["--quick", "--seed", str(2**32 - 1), "--seeds", "2"], "seed"),  # 2^32 would wrap to 0
     (["--quick", "--pld-loss-ref", "5"], "pld-loss-ref"),  # above L_0: no PLD noise, ever

@@ -307,6 +307,7 @@ def test_ergodicity_condition():
         (dict(x0=10.0), "x0"),
         (dict(sigma_g=5.0), "sigma_g"),  # not Langevin's: once silently ignored
         (dict(noise="pld_loss", sigma_g=1.0, sigma_h=1.0), "sigma2"),
+        (dict(to="saddle", n_lengths=8.0), "n_lengths"),  # once silently ignored
     ],
 )
 def test_bad_arguments_raise_naming_the_argument(kwargs, name):

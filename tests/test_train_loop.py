@@ -314,6 +314,8 @@ def test_bad_arguments_name_the_argument():
         make_model("resnet", 10)
     with pytest.raises(ValueError, match="dataset"):
         load_dataset("cifar")
+    with pytest.raises(ValueError, match="num_samples"):  # was ignored: the file's examples
+        load_dataset("npz", path="d.npz", num_samples=10)
 
 
 @pytest.mark.parametrize("steps", [20, 300])  # 300: clamped to the 38 parameters

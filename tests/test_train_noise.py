@@ -170,12 +170,26 @@ def test_key_forms_and_value_alias():
     tx = add_pld_noise(0.1, 0.1, jax.random.key(0))
     b = tx.update(GRAD, tx.init(PARAMS), value=1.0)  # Optax's name for the loss value
     np.testing.assert_array_equal(flat(a[0]), flat(b[0]))
+    for legacy in (jax.random.PRNGKey(0), np.asarray(jax.random.PRNGKey(0))):  # numpy's too
+        tx = add_pld_noise(0.1, 0.1, legacy)
+        c = tx.update(GRAD, tx.init(PARAMS), loss=1.0)
+        np.testing.assert_array_equal(flat(a[0]), flat(c[0]))
 
 
 def test_missing_extra_args_and_bad_arguments():
-    for bad_key in (1.5, "0", True):
+    for bad_key in (1.5, "0", True, jnp.array([1.0, 2.0]), np.arange(3)):
         with pytest.raises(TypeError, match="key"):
             add_isotropic_noise(0.1, key=bad_key).init(PARAMS)
+    with pytest.raises(ValueError, match="loss= must be the batch loss"):  # per-example losses
+        tx = add_pld_noise(0.1, 0.1, 0)
+        tx.update(GRAD, tx.init(PARAMS), loss=jnp.ones(3))
+    for make in (lambda: add_isotropic_noise(jnp.ones(3)), lambda: add_pld_noise([0.1, 0.2], 0.1),
+                 lambda: add_reweighting_noise(np.ones(2))):
+        with pytest.raises(ValueError, match="must be one number"):
+            make()
+    with pytest.raises(ValueError, match=r"per_example_grads=True"):  # what train() takes
+        tx = add_fisher_noise(8, 64, 0)
+        tx.update(GRAD, tx.init(PARAMS), loss=1.0)
     with pytest.raises(ValueError, match="loss"):
         tx = add_pld_noise(0.1, 0.1, 0)
         tx.update(GRAD, tx.init(PARAMS))

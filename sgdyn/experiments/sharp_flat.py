@@ -73,7 +73,7 @@ def validate(cfg):
                           "sigma2", "n_lengths", "t_max_factor")
     common.check_int(cfg, "batch_size", "particles", "substeps", "max_steps", "min_bucket")
     common.check_int(cfg, "curve_points", minimum=2)
-    common.check_int(cfg, "n_examples", minimum=2)
+    common.check_int(cfg, "n_examples", minimum=3)  # SyntheticPLD in 1-D: dim + 2
     common.check_distinct(cfg, "h_values", 2, "to fit a slope")
     if cfg["batch_size"] > cfg["n_examples"]:
         raise ValueError(f"--batch-size must be <= --n-examples={cfg['n_examples']}")

@@ -78,7 +78,7 @@ def validate(cfg):
                           "ergodic_time", "r_far")
     common.check_int(cfg, "particles", "samples", "pld_substeps", "ergodic_substeps")
     common.check_int(cfg, "ergodic_particles", minimum=2)  # a spread needs two
-    common.check_int(cfg, "n_examples", minimum=2)
+    common.check_int(cfg, "n_examples", minimum=3)  # SyntheticPLD in 1-D: dim + 2
     common.check_int(cfg, "dim", minimum=3)
     common.check_int(cfg, "ergodic_samples", minimum=4)
     for b in cfg["batch_sizes"]:

@@ -75,15 +75,19 @@ def kramers_escape_point(h_min, h_saddle, barrier, *, lr, batch_size, n_lengths=
 
 
 def kramers_exit_time(
-    h_min, h_saddle, barrier, *, lr, batch_size, noise, x0=0.0, to="beyond", n_lengths=4.0,
+    h_min, h_saddle, barrier, *, lr, batch_size, noise, x0=0.0, to="beyond", n_lengths=None,
     log=False, **noise_params,
 ):
-    """Exact mean time (t = k lr) from x0 to the saddle (``to="saddle"``) or past it.
+    """Exact mean time (t = k lr) from x0 to the saddle (``to="saddle"``) or past it, to
+    ``kramers_escape_point`` at ``n_lengths`` diffusion lengths beyond the saddle (default 4).
 
     ``noise`` is one of NOISES with its parameters (sigma2, or sigma_g and sigma_h).
     ``log=True`` returns log T (for times beyond the float64 range).
     """
     _checks.choice("to", to, ("beyond", "saddle"))
+    if to == "saddle" and n_lengths is not None:  # else silently ignored
+        raise ValueError("n_lengths applies to to='beyond' only, not to='saddle'")
+    n_lengths = 4.0 if n_lengths is None else n_lengths
     g = kramers_geometry(h_min, h_saddle, barrier)
     _checks.positive("lr", lr)
     _checks.positive("batch_size", batch_size)

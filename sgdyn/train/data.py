@@ -160,6 +160,9 @@ def load_dataset(name: str, *, path: str | Path | None = None, seed: int | None 
     if name == "npz":
         if path is None:
             raise ValueError("path is required for dataset 'npz'")
+        for arg, value in (("num_samples", num_samples), ("seed", seed)):
+            if value is not None:  # the file holds its own examples and split
+                raise ValueError(f"{arg} applies to the generated data sets, not 'npz'")
         return load_npz(path)
     kwargs = {} if seed is None else {"seed": seed}
     if name == "mnist1d":

@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
@@ -37,10 +38,10 @@ class NoiseState(NamedTuple):
 def _canonical_key(key) -> jax.Array:
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         return key
-    if isinstance(key, jax.Array) and key.shape == (2,):  # legacy uint32 key
-        return jax.random.wrap_key_data(key)
+    if isinstance(key, (jax.Array, np.ndarray)) and key.shape == (2,) and key.dtype == np.uint32:
+        return jax.random.wrap_key_data(key)  # legacy uint32 key (jax.random.PRNGKey)
     integer = isinstance(key, int) and not isinstance(key, bool) or (
-        hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jnp.integer))
+        hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jnp.integer) and jnp.ndim(key) == 0)
     if not integer:
         raise TypeError(f"key must be a jax.random.key, a legacy uint32 key or an integer seed, "
                         f"got {key!r}")
@@ -50,6 +51,7 @@ def _canonical_key(key) -> jax.Array:
 def _check(fn, name, value):
     if _checks.is_concrete(value):  # under jit/vmap a traced value is the caller's business
         fn(name, value)
+    return value
 
 
 def _per_example(name, g, updates) -> int:
@@ -84,7 +86,9 @@ def _noisy(name, key, std_fn, needs=()):
             extra["loss"] = extra["value"]
         for arg in needs:
             if extra.get(arg) is None:
-                raise ValueError(f"{name} needs the extra argument {arg}=... in update()")
+                raise ValueError(f"{name} needs the extra argument {arg}=... in update()"
+                                 + (" (in sgdyn.train.train: per_example_grads=True)"
+                                    if arg == "per_example_grads" else ""))
         rng_key, sample_key = jax.random.split(state.rng_key)
         # one draw for the whole flattened tree: one PRNG call to compile instead of one per leaf
         flat, unravel = ravel_pytree(updates)
@@ -102,7 +106,7 @@ def add_isotropic_noise(scale, key=0) -> optax.GradientTransformationExtraArgs:
 
     The state-independent baseline: like ``optax.add_noise`` without the annealing.
     """
-    _check(_checks.nonnegative, "scale", scale)
+    _check(_checks.nonnegative, "scale", _check(_checks.scalar, "scale", scale))
     return _noisy("add_isotropic_noise", key, lambda u, e: jnp.asarray(scale, jnp.float32))
 
 
@@ -150,11 +154,14 @@ def add_pld_noise(sigma_g, sigma_h, key=0, *,
     nats (the loss at the minimum, 0 for a network that can fit its data). The clip at 0 keeps
     the variance >= sigma_g when the batch loss dips under L_ref. Needs ``loss=`` in ``update``.
     """
-    _check(_checks.nonnegative, "sigma_g", sigma_g)
-    _check(_checks.nonnegative, "sigma_h", sigma_h)
-    _check(_checks.finite, "loss_ref", loss_ref)
+    for arg, value in (("sigma_g", sigma_g), ("sigma_h", sigma_h)):
+        _check(_checks.nonnegative, arg, _check(_checks.scalar, arg, value))
+    _check(_checks.scalar, "loss_ref", loss_ref)
 
     def std(updates, extra):
+        if jnp.ndim(extra["loss"]) != 0:  # per-example losses would scale coordinates instead
+            raise ValueError(f"add_pld_noise: loss= must be the batch loss, one number, got "
+                             f"shape {jnp.shape(extra['loss'])}")
         excess = jnp.maximum(jnp.asarray(extra["loss"], jnp.float32) - loss_ref, 0.0)
         return jnp.sqrt(sigma_g + sigma_h * excess)
 
@@ -171,7 +178,7 @@ def reweighting_scale(small_batch: int, large_batch: int) -> float:
 def loss_weights(key, batch_size: int, scale) -> jax.Array:
     """Per-example weights 1 + s z_i, z_i ~ N(0, 1) iid, shape [batch_size] (Wu et al. 2020)."""
     _checks.positive_int("batch_size", batch_size)
-    _check(_checks.nonnegative, "scale", scale)
+    _check(_checks.nonnegative, "scale", _check(_checks.scalar, "scale", scale))
     return 1.0 + scale * jax.random.normal(_canonical_key(key), (batch_size,))
 
 
@@ -195,7 +202,7 @@ def add_reweighting_noise(scale, key=0) -> optax.GradientTransformationExtraArgs
     """The same noise as :func:`reweighted_loss`, built from ``per_example_grads`` instead:
     adds xi = (s/B) sum_i z_i g_i, Cov[xi] = (s^2/B^2) sum_i g_i g_i'. For use where per-example
     gradients exist anyway; otherwise differentiate :func:`reweighted_loss` (no extra cost)."""
-    _check(_checks.nonnegative, "scale", scale)
+    _check(_checks.nonnegative, "scale", _check(_checks.scalar, "scale", scale))
 
     def init(params):
         del params
