@@ -30,7 +30,8 @@ LANDSCAPE_FLAGS = {"kramers": {"h_min", "h_saddle", "barrier", "to", "n_lengths"
                    "quadratic": {"h", "dim", "radius"},
                    "double_well": {"scale", "tilt", "radius"},
                    "styblinski_tang": {"dim", "scale", "radius"}}
-DYNAMICS_FLAGS = {"sgd": {"sigma_g", "sigma_h", "n_examples", "without_replacement"},
+DYNAMICS_FLAGS = {"sgd": {"sigma_g", "sigma_h", "n_examples", "without_replacement",
+                          "data_seed"},
                   "langevin": {"sigma2"}, "hessian": {"sigma2"},
                   "pld": {"sigma_g", "sigma_h"}, "pld_local": {"sigma_g", "sigma_h"}}
 
@@ -81,6 +82,8 @@ def parse(argv=None) -> dict:
     p.add_argument("--sigma-h", type=float, default=4.0, help="PLD / SGD: Hessian variance")
     p.add_argument("--n-examples", type=int, default=1000, help="sgd: finite-sum size")
     p.add_argument("--without-replacement", action="store_true", help="sgd: batch sampling")
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="sgd: seed of the finite sum's examples (its draw moves the exit time)")
     p.add_argument("--dt", type=float, default=None, help="step (default lr; must be <= lr)")
     p.add_argument("--increments", default="gaussian",
                    choices=("gaussian", "two_point", "three_point"),
@@ -98,8 +101,9 @@ def parse(argv=None) -> dict:
     p.add_argument("--json", default=None, help="write the result here (atomically)")
     cfg = vars(p.parse_args(argv))
     _refuse_ignored_flags(p, cfg, _given(p, argv))
-    if not 0 <= cfg["seed"] < 2**32:  # a JAX key keeps 32 bits: others repeat another seed
-        p.error(f"--seed must lie in [0, 2^32), got {cfg['seed']}")
+    for name in ("seed", "data_seed"):  # a JAX key keeps 32 bits: others repeat another seed
+        if not 0 <= cfg[name] < 2**32:
+            p.error(f"--{name.replace('_', '-')} must lie in [0, 2^32), got {cfg[name]}")
     return cfg
 
 

@@ -144,13 +144,8 @@ def calibrate(model, data, cfg: dict) -> dict:
     out = dict(fisher_mean_diag=fbar, initial_loss=loss0, fisher_factor=factor)
     out["iso_scale"] = cfg["iso_scale"] if cfg["iso_scale"] is not None else var ** 0.5
     out["pld_sigma_g"] = cfg["pld_sigma_g"] if cfg["pld_sigma_g"] is not None else 0.0
-    if cfg["pld_sigma_h"] is None and loss0 - cfg["pld_loss_ref"] < 1e-3:
-        # the noise scales with max(L - L_ref, 0): from below L_ref it would never be added
-        raise ValueError(f"pld-loss-ref must lie below the initial loss L_0 = {loss0:.4g} to "
-                         f"calibrate --pld-sigma-h, got {cfg['pld_loss_ref']}; give "
-                         f"--pld-sigma-h, or a lower --pld-loss-ref")
     out["pld_sigma_h"] = cfg["pld_sigma_h"] if cfg["pld_sigma_h"] is not None else (
-        var / (loss0 - cfg["pld_loss_ref"]))
+        var / max(loss0 - cfg["pld_loss_ref"], 1e-3))
     out["reweight_scale"] = cfg["reweight_scale"] if cfg["reweight_scale"] is not None else (
         T.reweighting_scale(cfg["small_batch"], cfg["large_batch"]))
     return out
@@ -226,7 +221,14 @@ def prepare(cfg: dict):
             raise ValueError(f"{k.replace('_', '-')} must be <= the number of training examples "
                              f"({data.n_train}), got {cfg[k]}")
     model = T.make_model(cfg["model"], data.num_classes, width=cfg["width"], depth=cfg["depth"])
-    return methods, data, model, calibrate(model, data, cfg)
+    cal = calibrate(model, data, cfg)
+    if ("large+pld" in methods and cfg["pld_sigma_h"] is None
+            and cal["initial_loss"] - cfg["pld_loss_ref"] < 1e-3):
+        # the noise scales with max(L - L_ref, 0): from below L_ref it would never be added
+        raise ValueError(f"pld-loss-ref must lie below the initial loss L_0 = "
+                         f"{cal['initial_loss']:.4g} to calibrate --pld-sigma-h, got "
+                         f"{cfg['pld_loss_ref']}; give --pld-sigma-h, or a lower --pld-loss-ref")
+    return methods, data, model, cal
 
 
 def _finished(progress_file, run_id: dict) -> dict:

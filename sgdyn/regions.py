@@ -152,6 +152,11 @@ def check_region(region, dim: int) -> None:
     """The built-in regions must match the dynamic's dimension (else they would read x[0] or
     broadcast silently), and a Halfspace's direction must be a unit vector (else its distance
     is not one, and the corrections move the boundary by the wrong amount)."""
+    scalar = {Halfspace: "level", Ball: "radius", Interval: "low"}.get(type(region))
+    if scalar is not None and np.ndim(getattr(region, scalar)) != 0:
+        raise ValueError(f"region must be one region, not a stack of "
+                         f"{np.shape(getattr(region, scalar))[0]} (sgdyn.stack): pass "
+                         f"sweep_exit_times a list of regions")
     if isinstance(region, Interval) and dim != 1:
         raise ValueError(f"region: an Interval is 1-D, the dynamic has dim={dim}; use "
                          f"Ball.make(center, r) or Threshold(level, dim={dim}, axis=...)")

@@ -86,17 +86,19 @@ def exit_region(cfg: dict, landscape):
 
 def _unstable_at_start(landscape, dt: float) -> str | None:
     """A warning where a step of dt is unstable at the minimum the particles start in (dt times
-    its top curvature >= 2: gradient descent overshoots), None otherwise. Such a chain leaves
-    by the step's instability, in a few steps, whatever the noise (Styblinski-Tang's shallow
-    minimum, h = 58.5, at the default lr = 0.1: 0.33 time units)."""
+    its top curvature >= 2: gradient descent overshoots), None otherwise. Such a chain can
+    leave by the step's instability, in a few steps, whatever the noise (Styblinski-Tang's
+    shallow minimum, h = 58.5, at the default lr = 0.1: 0.33 time units), or diverge; where
+    the curvature turns negative close by, it can also stay, on a bounded orbit."""
     d = landscape.dim
     h = np.asarray(landscape.hessian(landscape.minimum), float).reshape(d, d)
     top = float(np.max(np.linalg.eigvalsh(h)))
     if dt * top < 2:
         return None
     return (f"the step dt = {dt:.4g} (lr for SGD) times the start's top curvature {top:.4g} is "
-            f"{dt * top:.3g} >= 2: the chain is unstable at the minimum and leaves it by "
-            f"overshooting, not by noise; a smaller --dt (or --lr) measures a noise-driven escape")
+            f"{dt * top:.3g} >= 2: the chain is unstable at the minimum (gradient descent "
+            f"overshoots it), so its exits or divergences can come from the step, not the noise; "
+            f"a smaller --dt (or --lr) measures a noise-driven escape")
 
 
 def escape_time_experiment(cfg: dict) -> dict:
@@ -109,9 +111,11 @@ def escape_time_experiment(cfg: dict) -> dict:
                            batch_size=cfg["batch_size"], sigma2=cfg["sigma2"],
                            sigma_g=cfg["sigma_g"], sigma_h=cfg["sigma_h"], dt=cfg["dt"],
                            increments=cfg["increments"], n_examples=cfg["n_examples"],
-                           replace=not cfg["without_replacement"])
+                           replace=not cfg["without_replacement"],
+                           data_seed=cfg.get("data_seed", 0))
     region = exit_region(cfg, landscape)
     theory_out = theory_values(cfg)
+    unstable = _unstable_at_start(landscape, float(dynamic.dt))
     t_max = cfg["t_max"]
     if t_max is None:
         exact = theory_out.get("exact_mean_exit_time")
@@ -124,13 +128,14 @@ def escape_time_experiment(cfg: dict) -> dict:
                              f"{exact:.4g}, is {t_max / float(dynamic.dt):.3g} steps, past "
                              f"the 2^30 a run can take: the escape is too slow to simulate; "
                              f"raise the noise or lower the barrier (or give --t-max to "
-                             f"measure a censored run)")
+                             f"measure a censored run)"
+                             + ("" if unstable is None else
+                                f". The exact time assumes a stable chain, though: {unstable}"))
     with recorded_extrapolations() as flagged:
         res = measure_exit_times(jax.random.key(cfg["seed"]), dynamic, region,
                                  np.asarray(landscape.minimum), cfg["particles"], t_max,
                                  correction=cfg["correction"], chunk_size=cfg["chunk_size"],
                                  checkpoint=cfg.get("checkpoint"))
-    unstable = _unstable_at_start(landscape, float(dynamic.dt))
     if unstable:
         flagged.append(unstable)
     for message in flagged:

@@ -1065,6 +1065,9 @@ def test_divergent_samples_are_flagged_and_nan_from_then_on(increments):
                                        sg.Halfspace(jnp.array([2.0]), jnp.array(2.0)), [0.0],
                                        10, 1.0), "unit vector"),
         (lambda: sg.Halfspace.make([0.0, 0.0], 1.0), "direction"),
+        (lambda: sg.sweep_exit_times(jax.random.key(0), [sg.EulerMaruyama.make(OU)] * 2,
+                                     sg.stack([sg.Interval.make(-1, 1)] * 2), [0.0], 10, 1.0),
+         "one region, not a stack"),
     ],
 )
 def test_bad_arguments_raise_before_compiling(call, name):

@@ -64,6 +64,15 @@ def test_bad_flags_one_line_and_nonzero_exit(argv, word, capsys):
     assert len(err.splitlines()) == 1 and word in err and "Traceback" not in err
 
 
+def test_a_pld_reference_above_the_initial_loss_matters_only_to_the_pld_method():
+    mod = _module()
+    cfg = dict(mod.QUICK, pld_loss_ref=5.0, methods="small,large", quick=True)
+    methods, _, _, cal = mod.prepare(cfg)  # no PLD run: nothing to refuse
+    assert methods == ["small", "large"] and cal["initial_loss"] < 5.0
+    with pytest.raises(ValueError, match="pld-loss-ref"):
+        mod.prepare(dict(cfg, methods="small,large+pld"))
+
+
 def test_bad_flag_in_a_subprocess_has_no_traceback():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--seeds", "0"], capture_output=True,
                           text=True, timeout=60, cwd=ROOT)

@@ -233,6 +233,15 @@ def test_updates_get_optax_value_as_the_batch_loss():
     res = run([0], optimizer_fn=lambda lr, k: optax.polyak_sgd(max_learning_rate=lr), epochs=1,
               sharpness_iters=0)
     assert np.all(np.isfinite(res.train_loss))
+    # optax.MultiSteps is no GradientTransformation but an optimizer all the same, and passes
+    # value= on to what it wraps
+    accumulated = run([0, 1], optimizer_fn=lambda lr, k: optax.MultiSteps(optax.sgd(lr), 2),
+                      epochs=2, sharpness_iters=0)
+    np.testing.assert_array_equal(accumulated.train_loss, run(
+        [0, 1], optimizer_fn=lambda lr, k: optax.MultiSteps(optax.sgd(lr), 2)
+        .gradient_transformation(), epochs=2, sharpness_iters=0).train_loss)
+    run([0], optimizer_fn=lambda lr, k: optax.MultiSteps(optax.polyak_sgd(lr), 2), epochs=1,
+        sharpness_iters=0)
 
 
 def closure_noise(lr, key):

@@ -154,10 +154,13 @@ def _optimizer(optimizer_fn, lr, key):
     # every update gets loss= and value= (and per_example_grads=): a plain Optax
     # transformation, which takes no extra arguments, is wrapped to ignore them
     tx = optimizer_fn(lr, key)
-    if not isinstance(tx, optax.GradientTransformation):
-        raise TypeError(f"optimizer_fn(lr, key) must return an Optax GradientTransformation, "
-                        f"got {type(tx).__name__}")
-    return optax.with_extra_args_support(tx)
+    if isinstance(tx, optax.GradientTransformation):
+        return optax.with_extra_args_support(tx)
+    if callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None)):
+        # optax.MultiSteps is no GradientTransformation, but its update takes the extras
+        return optax.GradientTransformationExtraArgs(tx.init, tx.update)
+    raise TypeError(f"optimizer_fn(lr, key) must return an Optax GradientTransformation, "
+                    f"got {type(tx).__name__}")
 
 
 @functools.lru_cache(maxsize=32)
