@@ -121,4 +121,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(run_main(main, resumes="only with --checkpoint: its finished chunks are kept"))

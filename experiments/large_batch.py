@@ -382,4 +382,4 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
     from sgdyn.cli import run_main
 
-    sys.exit(run_main(main))
+    sys.exit(run_main(main, resumes="the finished methods are kept"))

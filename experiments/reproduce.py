@@ -13,8 +13,8 @@ what is done and runs the rest, and a complete run removes the file. --fresh ign
 so does a run whose code (library, scripts, pyproject.toml) differs from the interrupted one's.
 """
 
+import hashlib
 import json
-
 import sys
 import time
 from pathlib import Path
@@ -37,6 +37,13 @@ def _names(text):
     if bad:
         raise ValueError(f"unknown experiment(s) {bad}; choose from {', '.join(ALL)}")
     return names
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def main(argv=None) -> dict:
@@ -63,12 +70,13 @@ def main(argv=None) -> dict:
     marker = out / ".reproduce_progress.json"
     # the same command on the same code: after a change to the code (or its defaults) a kept
     # result would be stale, so the run starts over
-    run_id = {"quick": ns.quick, "names": names, "source": source_state()}
-    done = []
+    run_id = {"quick": ns.quick, "names": sorted(names), "source": source_state()}
+    done = {}  # name -> sha256 of the JSON it wrote: a file written since by another run is
+    # not this run's result
     if marker.exists() and not ns.fresh:
         saved = json.loads(marker.read_text())
-        if saved.get("run") == run_id:
-            done = [n for n in saved.get("done", []) if (out / f"{n}.json").exists()]
+        if saved.get("run") == run_id and isinstance(saved.get("done"), dict):
+            done = {n: sha for n, sha in saved["done"].items() if _sha256(out / f"{n}.json") == sha}
     for name in names:
         if name in done:
             results[name] = json.loads((out / f"{name}.json").read_text())
@@ -85,7 +93,7 @@ def main(argv=None) -> dict:
         else:
             results[name] = script_main(name, argv_)
         times[name] = time.perf_counter() - start
-        done.append(name)
+        done[name] = _sha256(out / f"{name}.json")
         write_json(marker, {"run": run_id, "done": done})
         progress.step(f"{name} done in {times[name]:.0f} s")
     marker.unlink(missing_ok=True)
@@ -97,4 +105,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(run_main(main, resumes="the finished experiments are kept"))

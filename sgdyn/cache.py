@@ -6,17 +6,19 @@ instead of compiling them again (about half a second per exit-time kernel on a C
 JAX's own cache (``jax_compilation_cache_dir``); a library import never turns it on.
 
 The folder is ``$SGDYN_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/sgdyn/jax`` or
-``~/.cache/sgdyn/jax``; ``SGDYN_CACHE_DIR=off`` disables it. Deleting the folder is safe.
+``~/.cache/sgdyn/jax``; ``SGDYN_CACHE_DIR=off`` (or ``0``, ``none``, ``false``, ``no``,
+``disable``) disables it. Deleting the folder is safe.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import jax
 
-OFF = ("off", "0", "none", "")
+OFF = ("off", "0", "none", "", "false", "no", "disable", "disabled")
 
 
 def cache_dir() -> Path | None:
@@ -36,6 +38,8 @@ def enable_compilation_cache(directory: str | Path | None = None) -> Path | None
         return None
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        # a folder that exists but takes no file: JAX would warn once per compiled kernel
+        tempfile.TemporaryFile(dir=folder).close()
     except OSError:
         return None  # a read-only home: run without the cache rather than fail
     jax.config.update("jax_compilation_cache_dir", str(folder))

@@ -11,6 +11,7 @@ the resumed result is bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 from pathlib import Path
 
@@ -35,9 +36,55 @@ def fingerprint(*parts) -> str:
     return h.hexdigest()[:24]
 
 
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _package_files() -> list[Path]:
+    return sorted(_PACKAGE.rglob("*.py"))
+
+
+def _defining_files(trees) -> set[Path]:
+    """The source files of the classes in ``trees`` defined outside sgdyn (a user's landscape
+    or region); builtins and classes without a file (typed at a prompt) have none."""
+    types, stack = set(), [jax.tree.structure(t) for t in trees]
+    while stack:
+        node = stack.pop()
+        if node.node_data() is not None:
+            types.add(node.node_data()[0])
+        stack.extend(node.children())
+    files = set()
+    for t in types:
+        try:
+            path = Path(inspect.getsourcefile(t)).resolve()
+        except (TypeError, OSError):
+            continue
+        if not path.is_relative_to(_PACKAGE):
+            files.add(path)
+    return files
+
+
+def code_tag(*trees) -> tuple:
+    """What a saved piece was computed with, beyond its arguments: sgdyn's version and a hash
+    of every source file of the package (from git or not, committed or not) and of the files
+    defining the classes in ``trees`` that come from elsewhere (a user's landscape, its
+    module's constants included). A piece from other code is computed again, not mixed in; a
+    change in code those files import goes unseen."""
+    from . import __version__
+
+    h = hashlib.sha256()
+    for path in [*_package_files(), *sorted(_defining_files(trees))]:
+        # the package's files by their names in it: the same code installed elsewhere matches
+        inside = path.is_relative_to(_PACKAGE)
+        h.update((path.relative_to(_PACKAGE) if inside else path).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return (__version__, h.hexdigest()[:24])
+
+
 class Checkpoint:
     def __init__(self, folder):
         self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ValueError(f"checkpoint must be a folder, got the file {self.folder}")
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:

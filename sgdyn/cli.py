@@ -8,9 +8,10 @@ import time
 from .cache import enable_compilation_cache
 
 
-def run_main(main, argv=None) -> int:
+def run_main(main, argv=None, *, resumes: str | None = None) -> int:
     """Run ``main(argv)`` with the persistent compilation cache on (``sgdyn.cache``); a bad
-    argument prints one line to stderr and exits with status 2."""
+    argument prints one line to stderr and exits with status 2. ``resumes`` says what a re-run
+    of an interrupted command keeps (None: nothing, it starts over)."""
     enable_compilation_cache()
     try:
         main(argv)
@@ -19,7 +20,9 @@ def run_main(main, argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished results are on disk; re-run the same command to resume",
+        print("interrupted: " + (f"re-run the same command to resume ({resumes})" if resumes
+                                 else "this script runs whole, a re-run starts over "
+                                      "(experiments/reproduce.py keeps finished experiments)"),
               file=sys.stderr)
         return 130
     return 0

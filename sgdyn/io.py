@@ -95,12 +95,25 @@ _SOURCE = ("sgdyn", "experiments", "pyproject.toml")
 
 def source_state() -> dict:
     """The checkout this sgdyn runs from: ``commit``, and whether its code differs from it
-    (``dirty``: ``git diff HEAD`` over the library, the scripts and pyproject.toml, hashed in
-    ``diff_sha256``); None where there is no git."""
+    (``dirty``: ``git diff HEAD`` over the library, the scripts and pyproject.toml, and any
+    untracked file there, hashed in ``diff_sha256``); None where sgdyn does not run from a git
+    checkout of its own (no git, or a copy inside another project's repository)."""
+    top = _git("rev-parse", "--show-toplevel")
+    root = Path(__file__).resolve().parent.parent
+    if not top or Path(top.strip()).resolve() != root:
+        return {"commit": None, "dirty": None}
     commit = _git("rev-parse", "HEAD")
     if not commit:
         return {"commit": None, "dirty": None}
-    diff = _git("diff", "HEAD", "--", *(f":(top){p}" for p in _SOURCE)) or ""
+    paths = [f":(top){p}" for p in _SOURCE]
+    diff = _git("diff", "HEAD", "--", *paths) or ""
+    # a new module or script, not yet added, makes numbers as much as an edited one
+    untracked = _git("ls-files", "--others", "--exclude-standard", "--full-name", "--", *paths)
+    for name in (untracked or "").splitlines():
+        try:
+            diff += f"\nuntracked {name}\n" + (root / name).read_text(errors="replace")
+        except OSError:
+            diff += f"\nuntracked {name} (unreadable)\n"
     state = {"commit": commit.strip(), "dirty": bool(diff)}
     if diff:
         state["diff_sha256"] = hashlib.sha256(diff.encode()).hexdigest()

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _checks
-from .checkpoint import Checkpoint, fingerprint
+from .checkpoint import Checkpoint, code_tag, fingerprint
 from .ensemble import MAX_STEPS, ExitRecord, exits_unchecked, simulate_samples
 from .estimators import ExitEstimate, exit_time_estimate
 from .regions import check_correction, check_region, check_start
@@ -46,16 +46,22 @@ def _start(dynamic, x0) -> np.ndarray:
     return x0
 
 
-def _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size,
-              confidence=0.95):
-    _checks.in_range("confidence", confidence, 0.0, 1.0)  # before the run, not after it
+def _particles_and_dynamic(n_particles, dynamic) -> int:
+    """n_particles as an int in [1, 2^32), and a ValueError for a stacked dynamic."""
     n_particles = _checks.positive_int("n_particles", n_particles)
     if n_particles >= 2**32:  # particle ids are uint32 (they index the noise streams)
         raise ValueError(f"n_particles must be < 2^32, got {n_particles}")
-    _checks.positive("t_max", _checks.scalar("t_max", t_max))
-    if np.ndim(dynamic.dt) != 0:  # else a TypeError from float(dt) naming nothing
+    if np.ndim(dynamic.dt) != 0:  # else a TypeError or a shape error naming nothing
         raise ValueError(f"dynamic must be one dynamic, not a stack of {np.shape(dynamic.dt)[0]} "
                          f"(sgdyn.stack): pass the list to sweep_exit_times")
+    return n_particles
+
+
+def _validate(dynamic, region, x0, n_particles, t_max, correction, chunk_size,
+              confidence=0.95):
+    _checks.in_range("confidence", confidence, 0.0, 1.0)  # before the run, not after it
+    n_particles = _particles_and_dynamic(n_particles, dynamic)
+    _checks.positive("t_max", _checks.scalar("t_max", t_max))
     check_correction(correction, dynamic)
     x0 = _start(dynamic, x0)
     check_region(region, dynamic.dim)
@@ -73,16 +79,6 @@ def _bound_tag(divergence_bound):
     # the default adds nothing to a checkpoint's fingerprint: chunks saved before it was an
     # argument still match
     return () if float(divergence_bound) == 1e8 else (float(divergence_bound),)
-
-
-def _code_tag() -> tuple:
-    """The code a checkpointed chunk was computed with (version, commit, diff hash where the
-    checkout differs): chunks from other code are computed again, not mixed in."""
-    from . import __version__
-    from .io import source_state
-
-    state = source_state()
-    return (__version__, str(state["commit"]), str(state.get("diff_sha256")))
 
 
 def result(record: ExitRecord, dynamic, confidence: float = 0.95) -> ExitResult:
@@ -112,8 +108,9 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
     A particle with a coordinate past ``divergence_bound`` (or NaN/inf) is diverged, counted
     apart and left out of the estimate: raise it for a region that reaches further.
     With ``checkpoint`` (a folder or ``sgdyn.checkpoint.Checkpoint``) every finished chunk is
-    saved, and a re-run with the same arguments on the same code (version, commit and any
-    uncommitted change to the library) resumes from the chunks already done; without
+    saved, and a re-run with the same arguments on the same code (``checkpoint.code_tag``:
+    sgdyn's source files, and those defining your own landscape or region classes) resumes
+    from the chunks already done; without
     ``chunk_size`` it then takes chunks of max(n_particles / 8, 16384) (set by n_particles
     alone, so a resume on another backend or slot count finds them), and a killed run keeps
     most of its work.
@@ -126,7 +123,7 @@ def measure_exit_times(key, dynamic, region, x0, n_particles: int, t_max, *, cor
     chunk = chunk_size or n_particles
     if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
         checkpoint = Checkpoint(checkpoint)
-    code = _code_tag() if checkpoint is not None else ()
+    code = code_tag(dynamic, region) if checkpoint is not None else ()
     if checkpoint is not None and chunk_size is None:
         whole = fingerprint(key, dynamic, region, x0, float(t_max), str(correction), 0,
                             n_particles, *_bound_tag(divergence_bound), *code)
@@ -231,6 +228,16 @@ def _to_numpy(record) -> ExitRecord:
 
 def stack(items):
     """Stack a list of same-structure pytrees (dynamics, landscapes) along a new leading axis."""
+    items = list(items)
+    if not items:
+        raise ValueError("stack: items must be a non-empty list")
+    first = jax.tree.structure(items[0])
+    for i, item in enumerate(items[1:], 1):
+        if jax.tree.structure(item) != first:  # else JAX's pytree error, naming no field
+            raise ValueError(f"stack: every item must have the first one's type and static "
+                             f"fields (batch_size, increments, dim, ...); item {i} differs: "
+                             f"{jax.tree.structure(item)} against {first} (a sweep of such "
+                             f"members runs with vectorized=False)")
     return jax.tree.map(lambda *a: jnp.stack([jnp.asarray(x) for x in a]), *items)
 
 
@@ -252,7 +259,7 @@ def sample_stationary(key, dynamic, x0, n_particles: int, burn_in: int, n_sample
     and ``thin`` are rounded up to whole ticks, with a RuntimeWarning when that more than
     doubles either (``simulate_samples`` returns the values used).
     """
-    n_particles = _checks.positive_int("n_particles", n_particles)
+    n_particles = _particles_and_dynamic(n_particles, dynamic)
     n_samples = _checks.positive_int("n_samples", n_samples)
     thin = _checks.positive_int("thin", thin)
     if isinstance(burn_in, bool) or not isinstance(burn_in, (int, np.integer)) or burn_in < 0:
@@ -261,6 +268,9 @@ def sample_stationary(key, dynamic, x0, n_particles: int, burn_in: int, n_sample
         raise ValueError(f"burn_in + n_samples * thin must be at most 2^30 - 1 steps, got "
                          f"{burn_in + n_samples * thin}")
     x0 = _start(dynamic, x0)
+    if not np.all(np.abs(x0) < 1e8):  # the kernel's divergence bound: all NaN, silently
+        raise ValueError(f"x0 must lie within |x0_j| < 1e8 (past it a particle is diverged), "
+                         f"got {x0}")
     rec = _samples(key, dynamic, jnp.asarray(x0), n_particles, int(burn_in), n_samples, thin)
     used = (int(rec.burn_in_steps), int(rec.thin_steps))
     if used[0] > 2 * int(burn_in) or used[1] > 2 * thin:  # not the default thin=1 -> 2

@@ -25,8 +25,10 @@ class SDE:
 
     @staticmethod
     def make(landscape, noise, lr, batch_size) -> "SDE":
-        _checks.positive("lr", lr)
-        _checks.positive("batch_size", batch_size)
+        # one number each: a vector broadcast against one landscape failed deep in a step
+        # (a sweep stacks whole SDEs: sgdyn.stack)
+        _checks.positive("lr", _checks.scalar("lr", lr))
+        _checks.positive("batch_size", _checks.scalar("batch_size", batch_size))
         if hasattr(noise, "check_landscape"):  # noise models that read the minimum at make()
             noise.check_landscape(landscape)
         chol = getattr(noise, "shape_chol", None)  # (..., d, d), a leading axis when stacked

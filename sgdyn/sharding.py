@@ -4,8 +4,9 @@ The noise of particle i at tick j is Threefry(key, (i, j)) (``sgdyn.rng``): a pu
 the key, the particle's *global* index and the tick. So a particle computes the same numbers on
 whichever device it lives, and a sharded run is bit-identical to a one-device run.
 
-``measure_exit_times_sharded`` is ``measure_exit_times`` (same arguments, same ``ExitResult``,
-same numbers) with the ensemble split over a 1-D device mesh with ``jax.shard_map``:
+``measure_exit_times_sharded`` is ``measure_exit_times`` (its arguments but ``chunk_size`` and
+``checkpoint``, plus ``mesh``; the same ``ExitResult``, the same numbers) with the ensemble
+split over a 1-D device mesh with ``jax.shard_map``:
 
 - each device owns a contiguous range of particle ids: its own queue, its own slots (refilled
   as particles leave) and its own ``lax.while_loop``, with no cross-device communication;

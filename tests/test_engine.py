@@ -487,18 +487,60 @@ def test_a_checkpointed_run_without_chunk_size_saves_several_chunks(tmp_path):
 
 
 def test_checkpointed_chunks_from_other_code_are_computed_again(tmp_path, monkeypatch):
-    """A chunk saved by other code (a pulled commit, an edit) is not mixed into this run."""
-    from sgdyn import io
+    """A chunk saved by other code (a pulled commit, an edit, committed or not) is not mixed
+    into this run."""
+    from sgdyn import checkpoint
 
+    ck = tmp_path / "ck"
     args = (jax.random.key(5), sg.EulerMaruyama.make(OU, 0.01), sg.Interval.make(-R, R), [0.0],
             4000, 2.0)
-    sg.measure_exit_times(*args, chunk_size=2000, checkpoint=tmp_path)
-    saved = sorted(tmp_path.glob("*.npz"))
-    sg.measure_exit_times(*args, chunk_size=2000, checkpoint=tmp_path)
-    assert sorted(tmp_path.glob("*.npz")) == saved  # same code: reused
-    monkeypatch.setattr(io, "source_state", lambda: {"commit": "0" * 40, "dirty": False})
-    sg.measure_exit_times(*args, chunk_size=2000, checkpoint=tmp_path)
-    assert len(list(tmp_path.glob("*.npz"))) == 2 * len(saved)  # other code: computed again
+    sg.measure_exit_times(*args, chunk_size=2000, checkpoint=ck)
+    saved = sorted(ck.glob("*.npz"))
+    sg.measure_exit_times(*args, chunk_size=2000, checkpoint=ck)
+    assert sorted(ck.glob("*.npz")) == saved  # same code: reused
+    edited = tmp_path / "edited.py"  # one more (or one edited) file in the package
+    edited.write_text("X = 1\n")
+    files = checkpoint._package_files()
+    monkeypatch.setattr(checkpoint, "_package_files", lambda: [*files, edited])
+    sg.measure_exit_times(*args, chunk_size=2000, checkpoint=ck)
+    assert len(list(ck.glob("*.npz"))) == 2 * len(saved)  # other code: computed again
+
+
+def test_checkpointed_chunks_of_an_edited_user_landscape_are_computed_again(tmp_path,
+                                                                           monkeypatch):
+    """The file that defines a user's own landscape class is part of what a chunk was computed
+    with: editing a constant there computes the chunks again (once reused: 8.7 for 25,000)."""
+    import importlib
+
+    source = """import jax.numpy as jnp
+from sgdyn.landscapes import Landscape
+from sgdyn._pytree import pytree_dataclass, static_field
+FACTOR = {factor}
+
+@pytree_dataclass
+class MyWell(Landscape):
+    h: object
+    dim: int = static_field(default=1)
+
+    def loss(self, x):
+        return 0.5 * FACTOR * self.h * jnp.sum(x ** 2)
+
+    @property
+    def minimum(self):
+        return jnp.zeros(1)
+"""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    means = []
+    for factor in (1.0, 5.0):
+        (tmp_path / "my_well.py").write_text(source.format(factor=factor))
+        importlib.invalidate_caches()
+        mod = importlib.reload(importlib.import_module("my_well"))
+        sde = sg.SDE.make(mod.MyWell(jnp.asarray(1.0)), sg.Isotropic.make(2.0), 1.0, 1)
+        res = sg.measure_exit_times(jax.random.key(0), sg.EulerMaruyama.make(sde, 0.05),
+                                    sg.Interval.make(-1.5, 1.5), [0.0], 2000, 50.0,
+                                    checkpoint=tmp_path / "ck")
+        means.append(res.estimate.mean)
+    assert means[1] > 3 * means[0]  # the stiffer well: far longer, not the saved chunks'
 
 
 def _small_run(dyn=None, n=3000, **kw):
@@ -1065,6 +1107,17 @@ def test_divergent_samples_are_flagged_and_nan_from_then_on(increments):
                                        sg.Halfspace(jnp.array([2.0]), jnp.array(2.0)), [0.0],
                                        10, 1.0), "unit vector"),
         (lambda: sg.Halfspace.make([0.0, 0.0], 1.0), "direction"),
+        (lambda: sg.sample_stationary(jax.random.key(0), sg.stack([sg.EulerMaruyama.make(OU)] * 2),
+                                      [0.0], 10, 100), "dynamic"),
+        (lambda: sg.sample_stationary(jax.random.key(0), sg.EulerMaruyama.make(OU), [2e8], 10,
+                                      100), "x0"),  # once all NaN, silently
+        (lambda: sg.sample_stationary(jax.random.key(0), sg.EulerMaruyama.make(OU), [0.0],
+                                      2**32, 100), "n_particles"),
+        (lambda: sg.SDE.make(sg.Quadratic.make(1.0), sg.Isotropic.make(1.0), [1.0, 0.5], 1), "lr"),
+        (lambda: sg.sweep_exit_times(
+            jax.random.key(0), [make_dynamic("sgd", sg.Quadratic.make(1.0), lr=0.1,
+                                             batch_size=b, n_examples=50) for b in (1, 2)],
+            sg.Interval.make(-1, 1), [0.0], 10, 1.0, vectorized=True), "static fields"),
         (lambda: sg.sweep_exit_times(jax.random.key(0), [sg.EulerMaruyama.make(OU)] * 2,
                                      sg.stack([sg.Interval.make(-1, 1)] * 2), [0.0], 10, 1.0),
          "one region, not a stack"),

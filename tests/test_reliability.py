@@ -1,5 +1,6 @@
 """Interruption, reproducibility and argument checking across the library."""
 
+import hashlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 import sgdyn as sg
 from sgdyn.checkpoint import Checkpoint, fingerprint
@@ -133,7 +135,7 @@ def test_reproduce_resumes_after_kill_with_the_same_numbers(tmp_path):
     assert proc.poll() is None, "reproduce finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert json.loads(marker.read_text())["done"] == ["barrier"]
+    assert list(json.loads(marker.read_text())["done"]) == ["barrier"]
     first_barrier = (out / "barrier.json").stat().st_mtime_ns
     assert not (out / "tails.json").exists()
 
@@ -158,13 +160,21 @@ def test_reproduce_keeps_an_interrupted_result_only_from_the_same_code(tmp_path)
     spec.loader.exec_module(reproduce)
     argv = ["--quick", "--quiet", "--only", "barrier", "--out", str(tmp_path)]
     run_id = {"quick": True, "names": ["barrier"]}
-    for source, kept in ((source_state(), True), ({"commit": "0" * 40, "dirty": False}, False)):
-        write_json(tmp_path / "barrier.json", {"stale": True})
+    # kept only from the same code, and only while the file is the one that run wrote (not
+    # one a run of the script on its own wrote since, with other flags)
+    for source, rewritten, kept in ((source_state(), False, True),
+                                    ({"commit": "0" * 40, "dirty": False}, False, False),
+                                    (source_state(), True, False)):
+        path = tmp_path / "barrier.json"
+        write_json(path, {"stale": True})
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        if rewritten:
+            write_json(path, {"stale": True, "flags": {"seed": 5}})
         write_json(tmp_path / ".reproduce_progress.json",
-                   {"run": {**run_id, "source": source}, "done": ["barrier"]})
+                   {"run": {**run_id, "source": source}, "done": {"barrier": sha}})
         result = reproduce.main(argv)["results"]["barrier"]
         assert ("stale" in result) == kept
-        assert ("stale" in json.loads((tmp_path / "barrier.json").read_text())) == kept
+        assert ("stale" in json.loads(path.read_text())) == kept
 
 
 def test_the_flat_api_lists_every_public_name():
@@ -177,3 +187,38 @@ def test_the_flat_api_lists_every_public_name():
     public = {n for n, v in vars(sgdyn).items() if not n.startswith("_")
               and (not isinstance(v, types.ModuleType) or n == "theory")}
     assert set(sgdyn.__all__) == public and len(sgdyn.__all__) == len(set(sgdyn.__all__))
+
+
+def test_the_cache_is_off_where_asked_or_unwritable(tmp_path, monkeypatch):
+    from sgdyn import cache
+
+    for word in ("off", "false", "No", "disable"):
+        monkeypatch.setenv("SGDYN_CACHE_DIR", word)
+        assert cache.cache_dir() is None  # "false" once made a folder named so
+    folder = tmp_path / "cache"
+    folder.mkdir()
+
+    def refuse(*a, **kw):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(cache.tempfile, "TemporaryFile", refuse)
+    # a folder that exists but takes no file: JAX would warn once per kernel
+    assert cache.enable_compilation_cache(folder) is None
+
+
+def test_an_interrupt_says_whether_a_rerun_resumes(capsys):
+    from sgdyn.cli import run_main
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    assert run_main(interrupted) == 130
+    assert "a re-run starts over" in capsys.readouterr().err
+    run_main(interrupted, resumes="the finished methods are kept")
+    assert "resume (the finished methods are kept)" in capsys.readouterr().err
+
+
+def test_a_checkpoint_that_is_a_file_is_refused_naming_it(tmp_path):
+    (tmp_path / "ck").write_text("")
+    with pytest.raises(ValueError, match="checkpoint must be a folder"):
+        Checkpoint(tmp_path / "ck")
