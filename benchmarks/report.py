@@ -117,6 +117,12 @@ def summarize(res):
     return s
 
 
+def _g(d: dict, key: str, fmt: str = ".3g") -> str:
+    """A number of ``d`` formatted, or "n/a" where an older results file lacks it (not 0)."""
+    v = d.get(key)
+    return "n/a" if v is None else format(v, fmt)
+
+
 def table(res):
     lines = [f"sgdyn benchmark on {res['machine']}  ({'quick' if res['quick'] else 'full'})"]
     if res.get("cpu"):  # older results files lack these
@@ -127,8 +133,8 @@ def table(res):
         lines += ["", "Ceilings (inside lax.scan, n = %d)" % c["n"],
                   f"  Gaussian random numbers/s        {c['gaussians_per_s']:.3g}",
                   f"  random bits/s                    {c['random_bits_per_s']:.3g}",
-                  f"  same, sgdyn.rng Gaussians/s      {c.get('counter_gaussians_per_s', 0):.3g}",
-                  f"  same, sgdyn.rng bits/s           {c.get('counter_bits_per_s', 0):.3g}",
+                  f"  same, sgdyn.rng Gaussians/s      {_g(c, 'counter_gaussians_per_s')}",
+                  f"  same, sgdyn.rng bits/s           {_g(c, 'counter_bits_per_s')}",
                   f"  arithmetic only, pld1 (p-steps/s) {c['arithmetic_pld1_basin_particle_steps_per_s']:.3g}",
                   f"  arithmetic only, pld100          {c['arithmetic_pld100_particle_steps_per_s']:.3g}"]
     if "throughput" in res:
@@ -138,7 +144,8 @@ def table(res):
             lines.append(f"  {r['problem']:8s} {r['tool']:24s} {r['n']:8d} {r['steps']:6d} "
                          f"{r['particle_steps_per_s']:10.3g}")
     if "exit" in res:
-        lines += ["", "(b) Time to the mean exit time within %.0f%% (|err| + 95%% half-width)"
+        lines += ["", "(b) Time to the mean exit time within %.0f%% (|err| + 95%% half-width; "
+                  "err%% and hw%% of the first estimate, ok: it and every later one within)"
                   % (100 * res["config"]["tolerance"]),
                   f"  {'problem':9s} {'tool':22s} {'dt':>5s} {'n':>7s} {'cold s':>8s} "
                   f"{'warm s':>7s} {'mean':>8s} {'exact':>8s} {'err%':>6s} {'hw%':>5s} ok"]
@@ -148,8 +155,8 @@ def table(res):
                          f"{100 * r['rel_error']:+6.2f} {100 * r['rel_half_width']:5.2f} "
                          f"{'yes' if r['accurate'] else 'NO'}")
     if "sweep" in res:
-        lines += ["", "(c) PLD exit time over 8 sharpness values (scale %s), exact %s" % (
-            ", ".join(f"{s:.3g}" for s in res["sweep"]["scales"]),
+        lines += ["", "(c) PLD exit time over %d sharpness values (scale %s), exact %s" % (
+            len(res["sweep"]["scales"]), ", ".join(f"{s:.3g}" for s in res["sweep"]["scales"]),
             ", ".join(f"{e:.3g}" for e in res["sweep"]["exact"]))]
         for r in res["sweep"]["rows"]:
             lines.append(f"  {r['tool']:52s} {r['seconds']:8.2f} s  worst {100 * r['worst_accuracy']:.2f}%"
@@ -173,7 +180,7 @@ def table(res):
                   f"{h['seconds_sharded_1_device']:.2f} s, 2 devices "
                   f"{h['seconds_sharded_2_devices']:.2f} s (x{h['speedup_2_vs_1']:.2f}), "
                   f"measure_exit_times {h['seconds_measure_exit_times']:.2f} s, identical: "
-                  f"{h['identical']}; training {h.get('training_speedup_2_vs_1', 0):.2f}x"]
+                  f"{h['identical']}; training x{_g(h, 'training_speedup_2_vs_1', '.2f')}"]
         if "training_speedup_2_devices_vs_loop" in h:
             lines += [f"  training seeds under vmap split over the 2 devices against one after "
                       f"another: x{h['training_speedup_2_devices_vs_loop']:.2f}"]

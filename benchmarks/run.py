@@ -20,8 +20,9 @@ Prints one table and writes it (with every raw number) as JSON. Sections:
   sharding   the exit task on 2 forced host devices (subprocess) against 1 device.
   training   MNIST-1D MLP, several seeds under vmap against the same seeds one after another.
 
-Sizes follow the platform: on a GPU the fixed-step sections use 40x the particles and 10x the
-steps (the CPU's sizes leave it launch-bound); the exit tasks keep theirs. A run killed midway
+Sizes follow the platform: on a GPU the fixed-step sections use 40x the particles (diffrax
+and NumPy their own counts) and sgdyn more steps in 1-D (the CPU's sizes leave it
+launch-bound; ``ACCELERATOR``), the ceilings 10x the steps; the exit tasks keep theirs. A run killed midway
 keeps, in --out, every section it finished.
 
 Times are wall-clock seconds. "time to estimate" includes compilation (what a user waits);
@@ -96,8 +97,9 @@ QUICK = dict(
     cache_repeats=1,
 )
 # A GPU runs 1e5 particles in microseconds per step, so its throughput is launch-bound at the
-# CPU's sizes: the fixed-step sections fill it (40x the particles, 10x the steps). The exit
-# tasks keep the CPU's sizes, which the 2% accuracy target fixes, not the hardware.
+# CPU's sizes: the fixed-step sections fill it (40x the particles; sgdyn's 1-D steps 3.1x, the
+# ceilings' 10x). The exit tasks keep the CPU's sizes, which the 2% accuracy target fixes, not
+# the hardware.
 ACCELERATOR = dict(
     FULL,
     n=4_000_000,

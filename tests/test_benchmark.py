@@ -220,3 +220,38 @@ def test_an_unknown_section_is_refused_before_anything_runs(flag, capsys, monkey
     with pytest.raises(SystemExit) as exc:
         bench.main(["--quick", flag, "exit,sharding_typo"])
     assert exc.value.code == 2 and "sharding_typo" in capsys.readouterr().err
+
+
+def _estimate_at(mean, half_width):
+    import sgdyn as sg
+
+    return sg.ExitEstimate(mean, (mean - half_width, mean + half_width), 0.95, "sample-mean",
+                           100, 0, 0, mean)
+
+
+def test_the_accuracy_check_fails_an_estimate_that_misses():
+    """Bias plus the 95% half-width must stay within the tolerance, and a NaN or unbounded
+    estimate never passes (the quick run's loose tolerance cannot show that it can fail)."""
+    assert bench.judge(_estimate_at(10.1, 0.05), 10.0, 0.02)["accurate"]  # 1% + 0.5%
+    assert not bench.judge(_estimate_at(10.1, 0.15), 10.0, 0.02)["accurate"]  # 1% + 1.5%
+    assert not bench.judge(_estimate_at(9.75, 0.0), 10.0, 0.02)["accurate"]  # 2.5% low
+    assert not bench.judge(_estimate_at(float("nan"), 0.0), 10.0, 0.02)["accurate"]
+    assert not bench.judge(_estimate_at(10.0, float("inf")), 10.0, 0.02)["accurate"]
+
+
+def test_a_tool_whose_later_estimate_misses_is_not_counted(monkeypatch):
+    """Every compiled tool's first estimate and each later one are judged: one miss in a warm
+    round marks the row inaccurate, so its time cannot count."""
+    def tools(problem, dt, n):
+        exact = problem.exact
+        return {"good": lambda seed: _estimate_at(exact, 0.001 * exact),
+                "drifts": lambda seed: _estimate_at(exact * (1.0 if seed == 0 else 1.05),
+                                                    0.001 * exact)}
+
+    monkeypatch.setattr(bench, "exit_tools", tools)
+    cfg = {"tolerance": 0.02, "warm_rounds": 2,
+           "exit": {p.name: {"dt": 0.02, "n": 10} for p in (PLD1, LANGEVIN1)}}
+    rows = bench.run_exit(cfg)
+    verdict = {(r["problem"], r["tool"]): r["accurate"] for r in rows}
+    assert verdict == {(p.name, t): t == "good" for p in (PLD1, LANGEVIN1)
+                       for t in ("good", "drifts")}
