@@ -180,7 +180,7 @@ def table(res):
                   f"{h['seconds_sharded_1_device']:.2f} s, 2 devices "
                   f"{h['seconds_sharded_2_devices']:.2f} s (x{h['speedup_2_vs_1']:.2f}), "
                   f"measure_exit_times {h['seconds_measure_exit_times']:.2f} s, identical: "
-                  f"{h['identical']}; training x{_g(h, 'training_speedup_2_vs_1', '.2f')}"]
+                  f"{h['identical']}; training {_g(h, 'training_speedup_2_vs_1', '.2f')}x"]
         if "training_speedup_2_devices_vs_loop" in h:
             lines += [f"  training seeds under vmap split over the 2 devices against one after "
                       f"another: x{h['training_speedup_2_devices_vs_loop']:.2f}"]

@@ -40,7 +40,8 @@ _PACKAGE = Path(__file__).resolve().parent
 
 
 def _package_files() -> list[Path]:
-    return sorted(_PACKAGE.rglob("*.py"))
+    # is_file: an editor's lock file (a dangling "*.py" link) is no source
+    return sorted(p for p in _PACKAGE.rglob("*.py") if p.is_file())
 
 
 def _defining_files(trees) -> set[Path]:
@@ -58,7 +59,9 @@ def _defining_files(trees) -> set[Path]:
             path = Path(inspect.getsourcefile(t)).resolve()
         except (TypeError, OSError):
             continue
-        if not path.is_relative_to(_PACKAGE):
+        # is_file: a script read from stdin ("<stdin>"), a module in a zip or a .pyc alone
+        # reports a path that cannot be read; its code goes unseen
+        if path.is_file() and not path.is_relative_to(_PACKAGE):
             files.add(path)
     return files
 
@@ -67,8 +70,9 @@ def code_tag(*trees) -> tuple:
     """What a saved piece was computed with, beyond its arguments: sgdyn's version and a hash
     of every source file of the package (from git or not, committed or not) and of the files
     defining the classes in ``trees`` that come from elsewhere (a user's landscape, its
-    module's constants included). A piece from other code is computed again, not mixed in; a
-    change in code those files import goes unseen."""
+    module's constants included; by its full path, so a copy elsewhere computes again). A
+    piece from other code is computed again, not mixed in; a change in code those files
+    import, or in a class with no readable source file, goes unseen."""
     from . import __version__
 
     h = hashlib.sha256()

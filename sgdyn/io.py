@@ -108,8 +108,9 @@ def source_state() -> dict:
     paths = [f":(top){p}" for p in _SOURCE]
     diff = _git("diff", "HEAD", "--", *paths) or ""
     # a new module or script, not yet added, makes numbers as much as an edited one
-    untracked = _git("ls-files", "--others", "--exclude-standard", "--full-name", "--", *paths)
-    for name in (untracked or "").splitlines():
+    untracked = _git("ls-files", "-z", "--others", "--exclude-standard", "--full-name", "--",
+                     *paths)
+    for name in filter(None, (untracked or "").split("\0")):  # -z: names unquoted
         try:
             diff += f"\nuntracked {name}\n" + (root / name).read_text(errors="replace")
         except OSError:

@@ -242,16 +242,16 @@ def test_the_accuracy_check_fails_an_estimate_that_misses():
 def test_a_tool_whose_later_estimate_misses_is_not_counted(monkeypatch):
     """Every compiled tool's first estimate and each later one are judged: one miss in a warm
     round marks the row inaccurate, so its time cannot count."""
-    def tools(problem, dt, n):
-        exact = problem.exact
-        return {"good": lambda seed: _estimate_at(exact, 0.001 * exact),
-                "drifts": lambda seed: _estimate_at(exact * (1.0 if seed == 0 else 1.05),
-                                                    0.001 * exact)}
+    def missing_at(*seeds):  # seed 0: the first (cold) estimate, 1, 2, 3: the warm rounds
+        return lambda problem: lambda seed: _estimate_at(
+            problem.exact * (1.05 if seed in seeds else 1.0), 0.001 * problem.exact)
 
-    monkeypatch.setattr(bench, "exit_tools", tools)
-    cfg = {"tolerance": 0.02, "warm_rounds": 2,
+    kinds = {"good": missing_at(), "cold": missing_at(0), "first warm": missing_at(1),
+             "last warm": missing_at(3)}
+    monkeypatch.setattr(bench, "exit_tools", lambda problem, dt, n: {
+        name: kind(problem) for name, kind in kinds.items()})
+    cfg = {"tolerance": 0.02, "warm_rounds": 3,
            "exit": {p.name: {"dt": 0.02, "n": 10} for p in (PLD1, LANGEVIN1)}}
     rows = bench.run_exit(cfg)
     verdict = {(r["problem"], r["tool"]): r["accurate"] for r in rows}
-    assert verdict == {(p.name, t): t == "good" for p in (PLD1, LANGEVIN1)
-                       for t in ("good", "drifts")}
+    assert verdict == {(p.name, t): t == "good" for p in (PLD1, LANGEVIN1) for t in kinds}

@@ -222,3 +222,23 @@ def test_a_checkpoint_that_is_a_file_is_refused_naming_it(tmp_path):
     (tmp_path / "ck").write_text("")
     with pytest.raises(ValueError, match="checkpoint must be a folder"):
         Checkpoint(tmp_path / "ck")
+
+
+def test_a_class_without_a_readable_source_file_does_not_break_a_checkpoint(monkeypatch):
+    """A landscape defined in a script read from stdin reports the file "<stdin>" (a module in
+    a zip, one inside it): the code tag skips it rather than fail the run."""
+    import types
+
+    from sgdyn import checkpoint
+    from sgdyn._pytree import pytree_dataclass
+
+    module = types.ModuleType("from_stdin")
+    module.__file__, module.__loader__ = "<stdin>", object()  # as python - < script.py has
+    monkeypatch.setitem(sys.modules, "from_stdin", module)
+
+    @pytree_dataclass
+    class Piped:
+        h: object
+
+    Piped.__module__ = "from_stdin"
+    assert checkpoint.code_tag(Piped(np.float32(1.0))) == checkpoint.code_tag()
