@@ -211,3 +211,20 @@ def test_missing_extra_args_and_bad_arguments():
         loss_weights(0, 4, -0.5)
     with pytest.raises(ValueError, match="per_example_losses"):
         reweighted_loss(jnp.ones((2, 2)), 0, 1.0)
+
+
+@pytest.mark.parametrize("make", [lambda: add_fisher_noise(8, 64, 0),
+                                  lambda: add_reweighting_noise(1.0, 0)],
+                         ids=["fisher", "reweighting"])
+def test_an_injection_under_optax_masked_noises_only_the_unmasked_leaves(make):
+    """optax.masked hands the injection masked updates but the whole per_example_grads (once
+    refused as another structure): the unmasked leaves get what the injection alone gives
+    them, the masked ones nothing."""
+    tx = optax.masked(make(), {"w": True, "b": False})
+    masked, _ = tx.update(GRAD, tx.init(PARAMS), PARAMS, per_example_grads=PEG)
+    alone = make()
+    w_only, _ = alone.update({"w": GRAD["w"]}, alone.init({"w": PARAMS["w"]}),
+                             per_example_grads={"w": PEG["w"]})
+    np.testing.assert_array_equal(masked["w"], w_only["w"])
+    assert not np.array_equal(masked["w"], GRAD["w"])
+    np.testing.assert_array_equal(masked["b"], GRAD["b"])

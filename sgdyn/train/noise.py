@@ -13,6 +13,8 @@ As in ``optax.add_noise`` the PRNG key given at construction lives in the state 
 advances on each update. Extra arguments are keywords, passed by ``optax.chain`` to every member;
 ``loss`` (Optax's ``value`` is accepted too) is the unweighted batch loss L_batch(w), and
 ``per_example_grads`` is a pytree like the gradient with a leading example axis [B].
+Under ``optax.masked`` an injection noises the unmasked leaves only (it masks
+``per_example_grads`` as the updates are masked).
 Independent injections add their covariances when chained: give each its own key (e.g.
 ``k1, k2 = jax.random.split(key)``). Two built with the same key draw the same z, and their
 standard deviations add instead of their variances.
@@ -54,10 +56,27 @@ def _check(fn, name, value):
     return value
 
 
-def _per_example(name, g, updates) -> int:
-    """The batch size B of ``per_example_grads`` ``g``, a pytree like ``updates`` with a leading
-    example axis [B] on every leaf; a ValueError naming it otherwise (the batch gradient
-    itself, passed by mistake, would read its first axis as examples)."""
+def _masked(x) -> bool:
+    return isinstance(x, getattr(optax, "MaskedNode", ()))
+
+
+def _masked_like(g, updates):
+    """``g`` with ``optax.masked``'s empty nodes wherever ``updates`` has one: ``masked`` hands
+    an injection the updates masked but the extra arguments whole."""
+    if not any(map(_masked, jax.tree.leaves(updates, is_leaf=_masked))):
+        return g
+    try:
+        return jax.tree.map(lambda u, gi: u if _masked(u) else gi, updates, g, is_leaf=_masked)
+    except ValueError:  # another structure: _per_example names it
+        return g
+
+
+def _per_example(name, g, updates):
+    """(B, g): the batch size B of ``per_example_grads`` ``g``, a pytree like ``updates`` with
+    a leading example axis [B] on every leaf (masked like ``updates`` under ``optax.masked``);
+    a ValueError naming it otherwise (the batch gradient itself, passed by mistake, would read
+    its first axis as examples)."""
+    g = _masked_like(g, updates)
     if jax.tree.structure(g) != jax.tree.structure(updates):
         raise ValueError(f"{name}: per_example_grads must have the structure of the gradient")
     batches = set()
@@ -69,7 +88,7 @@ def _per_example(name, g, updates) -> int:
     if len(batches) > 1 or 0 in batches:
         raise ValueError(f"{name}: per_example_grads must have one batch size B >= 1 on every "
                          f"leaf, got {sorted(batches)}")
-    return batches.pop() if batches else 0
+    return (batches.pop() if batches else 0), g
 
 
 def _noisy(name, key, std_fn, needs=()):
@@ -132,8 +151,7 @@ def add_fisher_noise(small_batch: int, large_batch: int, key=0, *, centered: boo
     factor = fisher_factor(small_batch, large_batch)
 
     def std(updates, extra):
-        g = extra["per_example_grads"]
-        _per_example("add_fisher_noise", g, updates)
+        _, g = _per_example("add_fisher_noise", extra["per_example_grads"], updates)
 
         def leaf(gi):
             f = jnp.mean(jnp.square(gi), axis=0)
@@ -213,7 +231,7 @@ def add_reweighting_noise(scale, key=0) -> optax.GradientTransformationExtraArgs
         g = extra.get("per_example_grads")
         if g is None:
             raise ValueError("add_reweighting_noise needs the extra argument per_example_grads=...")
-        batch = _per_example("add_reweighting_noise", g, updates)
+        batch, g = _per_example("add_reweighting_noise", g, updates)
         rng_key, sample_key = jax.random.split(state.rng_key)
         z = jax.random.normal(sample_key, (batch,))
         noise = jax.tree.map(lambda gi: (scale / batch) * jnp.tensordot(z, gi, axes=1), g)
