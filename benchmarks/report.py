@@ -117,10 +117,11 @@ def summarize(res):
     return s
 
 
-def _g(d: dict, key: str, fmt: str = ".3g") -> str:
-    """A number of ``d`` formatted, or "n/a" where an older results file lacks it (not 0)."""
+def _g(d: dict, key: str, fmt: str = ".3g", unit: str = "") -> str:
+    """A number of ``d`` formatted (with its ``unit``), or "n/a" where an older results file
+    lacks it (not 0)."""
     v = d.get(key)
-    return "n/a" if v is None else format(v, fmt)
+    return "n/a" if v is None else format(v, fmt) + unit
 
 
 def table(res):
@@ -180,7 +181,7 @@ def table(res):
                   f"{h['seconds_sharded_1_device']:.2f} s, 2 devices "
                   f"{h['seconds_sharded_2_devices']:.2f} s (x{h['speedup_2_vs_1']:.2f}), "
                   f"measure_exit_times {h['seconds_measure_exit_times']:.2f} s, identical: "
-                  f"{h['identical']}; training {_g(h, 'training_speedup_2_vs_1', '.2f')}x"]
+                  f"{h['identical']}; training {_g(h, 'training_speedup_2_vs_1', '.2f', 'x')}"]
         if "training_speedup_2_devices_vs_loop" in h:
             lines += [f"  training seeds under vmap split over the 2 devices against one after "
                       f"another: x{h['training_speedup_2_devices_vs_loop']:.2f}"]

@@ -82,7 +82,9 @@ def save_figure(fig, path: str | os.PathLike, **kwargs) -> Path:
 def _git(*args) -> str | None:
     try:
         here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5)
+        # surrogateescape: a file name or diff line that is not UTF-8 must not read as "clean"
+        out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
+                             errors="surrogateescape", timeout=5)
         return out.stdout if out.returncode == 0 else None
     except Exception:
         return None
@@ -112,12 +114,12 @@ def source_state() -> dict:
                      *paths)
     for name in filter(None, (untracked or "").split("\0")):  # -z: names unquoted
         try:
-            diff += f"\nuntracked {name}\n" + (root / name).read_text(errors="replace")
+            diff += f"\nuntracked {name}\n" + (root / name).read_text(errors="surrogateescape")
         except OSError:
             diff += f"\nuntracked {name} (unreadable)\n"
     state = {"commit": commit.strip(), "dirty": bool(diff)}
     if diff:
-        state["diff_sha256"] = hashlib.sha256(diff.encode()).hexdigest()
+        state["diff_sha256"] = hashlib.sha256(diff.encode(errors="surrogateescape")).hexdigest()
     return state
 
 

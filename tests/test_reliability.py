@@ -242,3 +242,29 @@ def test_a_class_without_a_readable_source_file_does_not_break_a_checkpoint(monk
 
     Piped.__module__ = "from_stdin"
     assert checkpoint.code_tag(Piped(np.float32(1.0))) == checkpoint.code_tag()
+
+
+def test_an_untracked_script_counts_as_a_change_whatever_its_name(tmp_path):
+    """A new script not yet added to git makes numbers as much as an edited one: it marks the
+    checkout dirty, and its content moves the hash, even under a name that is not UTF-8 (read
+    strictly, git's output once failed to decode and the checkout read as clean)."""
+    from sgdyn.io import source_state
+
+    if source_state()["commit"] is None:
+        pytest.skip("not run from a git checkout of sgdyn")
+    path = os.path.join(os.fsencode(ROOT / "experiments"), b"probe_\xe9_untracked.py")
+    try:
+        hashes = []
+        for content in (b"x = 1\n", b"x = 2\n"):
+            try:
+                with open(path, "wb") as f:
+                    f.write(content)
+            except OSError:  # a file system that takes UTF-8 names only
+                pytest.skip("non-UTF-8 file names are refused here")
+            state = source_state()
+            assert state["dirty"]
+            hashes.append(state["diff_sha256"])
+        assert hashes[0] != hashes[1]
+    finally:
+        if os.path.exists(path):
+            os.remove(path)
