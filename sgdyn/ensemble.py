@@ -498,6 +498,9 @@ def exits_unchecked(key, dynamic, region, x0, n_particles: int, t_max, *, correc
 
 
 class SampleRecord(NamedTuple):
+    """What ``simulate_samples`` returns: the samples (NaN from where a particle diverged),
+    the diverged mask, and the burn-in and thinning in steps as run (rounded up to ticks)."""
+
     x: jax.Array  # (n_samples, N, d)
     diverged: jax.Array  # (N,) bool
     thin_steps: int  # steps between samples actually used

@@ -32,10 +32,12 @@ from . import _checks
 
 
 class ExitEstimate(NamedTuple):
-    mean: float  # mean exit time, t = k * lr units
+    """A censoring-aware mean exit time and its interval (``exit_time_estimate``)."""
+
+    mean: float  # mean exit time, t = k * lr units (inf with no escape, NaN with no data)
     ci: tuple  # (low, high) at ``confidence``
     confidence: float
-    method: str  # "sample-mean", "exponential-tail" or "exponential-mle"
+    method: str  # "sample-mean", "exponential-tail", "exponential-mle" or "no-data"
     n_escaped: int
     n_censored: int
     n_diverged: int

@@ -120,8 +120,9 @@ class KramersWell(Landscape):
 class DoubleWell(Landscape):
     """Smooth asymmetric double well L(x) = scale (x^2 - 1)^2 / 4 + tilt x (1-D).
 
-    Minima near -1 and +1; the barrier from the ``start`` well is about scale/4 -+ tilt... use
-    ``sgdyn.theory`` quadrature for exact numbers. ``minimum`` is the left well.
+    Minima near -1 and +1; ``minimum`` is the left well, and the barrier from it is about
+    scale/4 + tilt (from the right well scale/4 - tilt); use ``sgdyn.theory`` quadrature for
+    exact numbers.
     """
 
     scale: jax.Array

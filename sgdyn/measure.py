@@ -33,6 +33,8 @@ CHECKPOINT_MIN_CHUNK = 2**14  # particles per checkpointed chunk at least (a CPU
 
 
 class ExitResult(NamedTuple):
+    """What ``measure_exit_times`` returns: every particle's record and the estimate."""
+
     record: ExitRecord  # numpy arrays
     estimate: ExitEstimate
 

@@ -4,10 +4,10 @@ A noise model returns a factor S(w) with C(w) = S S' as a scalar (C = S^2 I), a 
 (C = diag(S^2)) or a matrix; the SDE scales it by sqrt(lr / b). Units: C has units of
 (loss / parameter)^2, like a squared gradient.
 
-    Isotropic(sigma2):          C = sigma2 I                    (Langevin, SGLD-like)
-    HessianNoise(sigma2, H_a):  C = sigma2 H(a)                 (anisotropic, constant)
-    PLDLocal(sigma_g, sigma_h): C = (sigma_g + sigma_H |w - a|^2) M
-    PLDLoss(sigma_g, sigma_h):  C = (sigma_g + (2 sigma_H / h_a) max(L(w) - L(a), 0)) M
+    Isotropic.make(sigma2):                     C = sigma2 I     (Langevin, SGLD-like)
+    HessianNoise.make(landscape, sigma2):       C = sigma2 H(a)  (anisotropic, constant)
+    PLDLocal.make(sigma_g, sigma_h, shape):     C = (sigma_g + sigma_H |w - a|^2) M
+    PLDLoss.make(landscape, sigma_g, sigma_h):  C = (sigma_g + (2 sigma_H / h_a) max(L(w) - L(a), 0)) M
 
 M is the identity unless ``shape`` is given (a fixed positive-definite matrix's Cholesky
 factor). In PLDLoss the excess loss is clipped at 0 so C stays >= sigma_g where the loss dips

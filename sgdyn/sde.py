@@ -18,6 +18,10 @@ from .ordered import ordered_matvec, ordered_norm
 
 @pytree_dataclass
 class SDE:
+    """dw = -grad L(w) dt + sqrt(lr / b * C(w)) dB: a landscape (L), a noise model (C), the
+    learning rate lr and the batch size b (time t = k * lr). Build it with ``SDE.make``; a
+    solver (``EulerMaruyama``) turns it into a dynamic."""
+
     landscape: object
     noise: object
     lr: jax.Array
@@ -25,6 +29,9 @@ class SDE:
 
     @staticmethod
     def make(landscape, noise, lr, batch_size) -> "SDE":
+        """The SDE of ``noise`` (``Isotropic``, ``HessianNoise``, ``PLDLocal``, ``PLDLoss``) on
+        ``landscape``, with one learning rate ``lr`` > 0 and one batch size ``batch_size`` > 0
+        (a noise made for another landscape, or a shape matrix of another size, is refused)."""
         # one number each: a vector broadcast against one landscape failed deep in a step
         # (a sweep stacks whole SDEs: sgdyn.stack)
         _checks.positive("lr", _checks.scalar("lr", lr))

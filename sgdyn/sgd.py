@@ -44,6 +44,10 @@ def noise_batch_size(batch_size: int, n: int, replace: bool = True) -> float:
 
 @pytree_dataclass
 class MinibatchSGD:
+    """Real minibatch SGD on a finite-sum ``problem`` (module docstring): one step of lr
+    time per update, a fresh batch of ``batch_size`` examples each, drawn with or without
+    replacement. Build it with ``MinibatchSGD.make``."""
+
     problem: object
     lr: jax.Array
     batch_size: int = static_field(default=1)
@@ -51,6 +55,8 @@ class MinibatchSGD:
 
     @staticmethod
     def make(problem, lr, batch_size: int, replace: bool = True) -> "MinibatchSGD":
+        """SGD on ``problem`` (``LeastSquares``, ``SyntheticPLD``: n examples with per-example
+        gradients) at learning rate ``lr`` > 0 with batches of 1 <= ``batch_size`` <= n."""
         if not hasattr(problem, "batch_grad") or not hasattr(problem, "n"):
             raise TypeError(f"problem must be a finite-sum problem (LeastSquares, SyntheticPLD: "
                             f"n examples with per-example gradients), got "

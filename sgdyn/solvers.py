@@ -27,6 +27,10 @@ INCREMENTS = {"gaussian": "normal", "two_point": "two_point", "three_point": "th
 
 @pytree_dataclass
 class EulerMaruyama:
+    """The Euler-Maruyama dynamic of an ``SDE``: x_{n+1} = x_n + mu(x_n) dt + G(x_n) sqrt(dt)
+    xi_n with Gaussian, two-point or three-point increments xi_n (module docstring). Build it
+    with ``EulerMaruyama.make(sde, dt, increments)``."""
+
     sde: object
     dt: jax.Array
     increments: str = static_field(default="gaussian")

@@ -22,6 +22,9 @@ from .. import _checks
 
 
 class KramersGeometry(NamedTuple):
+    """The piecewise-quadratic Kramers well (THEORY.md section 4): curvatures, barrier, the
+    join point c and the saddle b = c (1 + h_min / h_saddle), minimum at 0."""
+
     h_min: float
     h_saddle: float
     barrier: float

@@ -47,6 +47,8 @@ OptimizerFn = Callable[[jax.Array, jax.Array], optax.GradientTransformation]
 
 
 class TrainState(NamedTuple):
+    """One seed's training state (a leading seed axis on every leaf under vmap)."""
+
     params: object
     opt_state: object
     key: jax.Array

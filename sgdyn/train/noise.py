@@ -34,6 +34,8 @@ from .. import _checks
 
 
 class NoiseState(NamedTuple):
+    """An injection's state: the PRNG key of its next draw (advanced on every update)."""
+
     rng_key: jax.Array
 
 
