@@ -93,6 +93,15 @@ def _per_example(name, g, updates):
     return (batches.pop() if batches else 0), g
 
 
+def _require(name, extra, arg):
+    """``extra[arg]``, or a ValueError saying that ``name`` needs it (and how train gives it)."""
+    if extra.get(arg) is None:
+        raise ValueError(f"{name} needs the extra argument {arg}=... in update()"
+                         + (" (in sgdyn.train.train: per_example_grads=True)"
+                            if arg == "per_example_grads" else ""))
+    return extra[arg]
+
+
 def _noisy(name, key, std_fn, needs=()):
     """Transformation adding std * N(0, I) to the updates; std_fn(updates, extra) returns the
     standard deviation as a scalar (same for every coordinate) or a pytree like the updates."""
@@ -106,10 +115,7 @@ def _noisy(name, key, std_fn, needs=()):
         if extra.get("loss") is None and extra.get("value") is not None:
             extra["loss"] = extra["value"]
         for arg in needs:
-            if extra.get(arg) is None:
-                raise ValueError(f"{name} needs the extra argument {arg}=... in update()"
-                                 + (" (in sgdyn.train.train: per_example_grads=True)"
-                                    if arg == "per_example_grads" else ""))
+            _require(name, extra, arg)
         rng_key, sample_key = jax.random.split(state.rng_key)
         # one draw for the whole flattened tree: one PRNG call to compile instead of one per leaf
         flat, unravel = ravel_pytree(updates)
@@ -230,9 +236,7 @@ def add_reweighting_noise(scale, key=0) -> optax.GradientTransformationExtraArgs
 
     def update(updates, state, params=None, **extra):
         del params
-        g = extra.get("per_example_grads")
-        if g is None:
-            raise ValueError("add_reweighting_noise needs the extra argument per_example_grads=...")
+        g = _require("add_reweighting_noise", extra, "per_example_grads")
         batch, g = _per_example("add_reweighting_noise", g, updates)
         rng_key, sample_key = jax.random.split(state.rng_key)
         z = jax.random.normal(sample_key, (batch,))
